@@ -1,0 +1,11 @@
+await import("@logtape/logtape");
+const R = (await import("prom-client/lib/registry.js")).default;
+const C = (await import("prom-client/lib/counter.js")).default;
+const G = (await import("prom-client/lib/gauge.js")).default;
+const H = (await import("prom-client/lib/histogram.js")).default;
+const r = new R();
+new C({ name: "a_total", help: "h", registers: [r] });
+new G({ name: "g", help: "h", registers: [r] });
+new H({ name: "hh", help: "h", registers: [r] });
+await r.metrics();
+console.log((Deno.memoryUsage().rss / 2 ** 20).toFixed(1));

@@ -1,0 +1,326 @@
+/**
+ * The restore journal: per GPU UUID, the power limit the GPU had before the agent first changed
+ * it (the baseline) and what the agent last applied. It is what makes every change reversible,
+ * across crashes and restarts.
+ *
+ * File `<stateDir>/journal.json`:
+ * `{"version":1,"gpus":{"GPU-…":{"baselineMw":700000,"appliedMw":250000,"name":"…","updatedAt":"ISO"}}}`
+ *
+ * Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory) and
+ * happen only when something changed. A corrupt file is moved aside with a warning; the agent
+ * never crashes on it. All file-system calls are synchronous: the journal is tiny and must be
+ * durable before a GPU is touched.
+ */
+import { getLogger } from "@logtape/logtape";
+
+/** Journal record of one GPU the agent has changed. */
+export interface JournalEntry {
+  /** Limit before the agent first changed this GPU; recorded once, never overwritten. */
+  baselineMw: number;
+  /** Limit the agent last applied (equals baselineMw until a set succeeded). */
+  appliedMw: number;
+  /** GPU name when recorded, for humans reading the file. */
+  name: string;
+  /** ISO 8601 time of the last change to this entry. */
+  updatedAt: string;
+}
+
+/** Options of `loadJournal`. */
+export interface LoadJournalOptions {
+  /** Never write anything (no save, no moving a corrupt file aside). */
+  dryRun?: boolean;
+  /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
+  now?: () => number;
+}
+
+/** Options of `Journal.recordBaseline`. */
+export interface RecordBaselineOptions {
+  /** GPU name, stored for humans. */
+  name: string;
+}
+
+/** File name of the journal inside the state directory. */
+export const JOURNAL_FILE = "journal.json";
+
+const JOURNAL_VERSION = 1;
+
+/** In-memory journal bound to `<stateDir>/journal.json`; create with `loadJournal`. */
+export class Journal {
+  /** Absolute or relative path of the journal file. */
+  readonly path: string;
+  /** State directory holding the file. */
+  readonly stateDir: string;
+  /** True when this journal never writes. */
+  readonly dryRun: boolean;
+  #entries: Map<string, JournalEntry>;
+  #dirty = false;
+  #saveCount = 0;
+  #now: () => number;
+
+  constructor(
+    stateDir: string,
+    entries: Map<string, JournalEntry>,
+    options: LoadJournalOptions = {},
+  ) {
+    this.stateDir = stateDir;
+    this.path = joinPath(stateDir, JOURNAL_FILE);
+    this.dryRun = options.dryRun ?? false;
+    this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Number of GPUs in the journal. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** True when in-memory state differs from the file. */
+  get dirty(): boolean {
+    return this.#dirty;
+  }
+
+  /** Number of times the file was written by this instance. */
+  get saveCount(): number {
+    return this.#saveCount;
+  }
+
+  /** Entry of one GPU (a copy), or undefined when the agent has not changed it. */
+  get(uuid: string): JournalEntry | undefined {
+    const entry = this.#entries.get(uuid);
+    return entry ? { ...entry } : undefined;
+  }
+
+  /** True when the agent has changed this GPU and not yet restored it. */
+  has(uuid: string): boolean {
+    return this.#entries.has(uuid);
+  }
+
+  /** All UUIDs in the journal. */
+  uuids(): string[] {
+    return [...this.#entries.keys()];
+  }
+
+  /** All entries (copies), keyed by UUID. */
+  entries(): Map<string, JournalEntry> {
+    return new Map([...this.#entries].map(([uuid, e]) => [uuid, { ...e }]));
+  }
+
+  /**
+   * Record the pre-agent limit of a GPU, only if it has no entry yet (a baseline is never
+   * overwritten). Returns true when a new entry was created. Call `save()` before changing the GPU.
+   */
+  recordBaseline(uuid: string, baselineMw: number, options: RecordBaselineOptions): boolean {
+    if (this.#entries.has(uuid)) return false;
+    assertMw(baselineMw, `baseline of GPU ${uuid}`);
+    this.#entries.set(uuid, {
+      baselineMw,
+      appliedMw: baselineMw,
+      name: options.name,
+      updatedAt: this.#isoNow(),
+    });
+    this.#dirty = true;
+    return true;
+  }
+
+  /** Remember what the agent applied to a GPU that has an entry. */
+  setApplied(uuid: string, appliedMw: number): void {
+    const entry = this.#entries.get(uuid);
+    if (!entry) {
+      throw new Error(
+        `Journal has no baseline for GPU ${uuid}: record the baseline before applying a cap`,
+      );
+    }
+    assertMw(appliedMw, `applied limit of GPU ${uuid}`);
+    if (entry.appliedMw === appliedMw) return;
+    entry.appliedMw = appliedMw;
+    entry.updatedAt = this.#isoNow();
+    this.#dirty = true;
+  }
+
+  /** Forget a GPU (after it was restored). Returns true when an entry was removed. */
+  remove(uuid: string): boolean {
+    const removed = this.#entries.delete(uuid);
+    if (removed) this.#dirty = true;
+    return removed;
+  }
+
+  /**
+   * Write the file atomically if anything changed. Returns true when the file was written.
+   * Throws an Error naming the file when it cannot be written. A dry-run journal never writes.
+   */
+  save(): boolean {
+    if (!this.#dirty || this.dryRun) return false;
+    const gpus: Record<string, JournalEntry> = {};
+    for (const [uuid, e] of [...this.#entries].sort(([a], [b]) => a.localeCompare(b))) {
+      gpus[uuid] = {
+        baselineMw: e.baselineMw,
+        appliedMw: e.appliedMw,
+        name: e.name,
+        updatedAt: e.updatedAt,
+      };
+    }
+    const text = JSON.stringify({ version: JOURNAL_VERSION, gpus }, null, 2) + "\n";
+    const tmp = `${this.path}.tmp-${Deno.pid}`;
+    try {
+      ensureDir(this.stateDir);
+      const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+      try {
+        writeAll(file, new TextEncoder().encode(text));
+        file.syncSync();
+      } finally {
+        file.close();
+      }
+      Deno.renameSync(tmp, this.path);
+    } catch (err) {
+      try {
+        Deno.removeSync(tmp);
+      } catch {
+        // the temp file may not exist
+      }
+      throw new Error(
+        `Cannot write journal ${this.path}: ${errorText(err)}. ` +
+          `Check that ${this.stateDir} is writable by the agent (--state-dir)`,
+        { cause: err },
+      );
+    }
+    syncDirBestEffort(this.stateDir);
+    this.#dirty = false;
+    this.#saveCount++;
+    return true;
+  }
+
+  #isoNow(): string {
+    return new Date(this.#now()).toISOString();
+  }
+}
+
+/**
+ * Load `<stateDir>/journal.json`. A missing file (or directory) gives an empty journal; the
+ * directory is created on first save. A corrupt file is logged as a warning, moved aside to
+ * `journal.json.corrupt-<epoch ms>` (not in dry-run) and the journal starts empty. Never throws
+ * for file content; an unreadable file is also a warning and an empty journal.
+ */
+export function loadJournal(stateDir: string, options: LoadJournalOptions = {}): Journal {
+  const logger = getLogger(["gpu-power-agent", "journal"]);
+  const path = joinPath(stateDir, JOURNAL_FILE);
+  const now = options.now ?? Date.now;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) {
+      logger.warn(
+        "Cannot read journal {path}: {error}. Starting with an empty journal: GPUs changed by a " +
+          "previous run will not be restored automatically; fix the file's permissions and run " +
+          "`gpu-power-agent restore`",
+        { path, error: errorText(err) },
+      );
+    }
+    return new Journal(stateDir, new Map(), options);
+  }
+  const parsed = parseJournal(text);
+  if (typeof parsed === "string") {
+    let movedTo: string | null = null;
+    if (!options.dryRun) {
+      const aside = `${path}.corrupt-${now()}`;
+      try {
+        Deno.renameSync(path, aside);
+        movedTo = aside;
+      } catch (err) {
+        logger.warn("Cannot move corrupt journal {path} aside: {error}", {
+          path,
+          error: errorText(err),
+        });
+      }
+    }
+    logger.warn(
+      "Journal {path} is corrupt ({problem}); starting with an empty journal" +
+        (movedTo ? " (bad file kept as {movedTo})" : "") +
+        ". GPUs changed by a previous run may still be capped: check `gpu-power-agent status` " +
+        "and reset them with `nvidia-smi -pl <watts>` if needed",
+      { path, problem: parsed, movedTo },
+    );
+    return new Journal(stateDir, new Map(), options);
+  }
+  return new Journal(stateDir, parsed, options);
+}
+
+/** Parse and validate journal text; returns the entries or a description of the problem. */
+function parseJournal(text: string): Map<string, JournalEntry> | string {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    return `invalid JSON: ${errorText(err)}`;
+  }
+  if (!isRecord(data)) return "top level is not an object";
+  if (data.version !== JOURNAL_VERSION) {
+    return `unsupported version ${JSON.stringify(data.version)} (expected ${JOURNAL_VERSION})`;
+  }
+  if (!isRecord(data.gpus)) return `"gpus" is not an object`;
+  const entries = new Map<string, JournalEntry>();
+  for (const [uuid, raw] of Object.entries(data.gpus)) {
+    const where = `gpus[${JSON.stringify(uuid)}]`;
+    if (uuid === "") return `${where}: empty GPU UUID`;
+    if (!isRecord(raw)) return `${where} is not an object`;
+    for (const key of ["baselineMw", "appliedMw"] as const) {
+      const v = raw[key];
+      if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+        return `${where}.${key} is not a positive integer`;
+      }
+    }
+    if (typeof raw.name !== "string") return `${where}.name is not a string`;
+    if (typeof raw.updatedAt !== "string") return `${where}.updatedAt is not a string`;
+    entries.set(uuid, {
+      baselineMw: raw.baselineMw as number,
+      appliedMw: raw.appliedMw as number,
+      name: raw.name,
+      updatedAt: raw.updatedAt,
+    });
+  }
+  return entries;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function assertMw(mw: number, what: string): void {
+  if (!Number.isInteger(mw) || mw <= 0) {
+    throw new Error(`Invalid ${what}: ${mw} mW (must be a positive integer)`);
+  }
+}
+
+function ensureDir(dir: string): void {
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+  }
+}
+
+function writeAll(file: Deno.FsFile, data: Uint8Array): void {
+  let offset = 0;
+  while (offset < data.length) offset += file.writeSync(data.subarray(offset));
+}
+
+function syncDirBestEffort(dir: string): void {
+  try {
+    const handle = Deno.openSync(dir, { read: true });
+    try {
+      handle.syncSync();
+    } finally {
+      handle.close();
+    }
+  } catch {
+    // Not every platform/file system allows fsync of a directory; the rename is already done.
+  }
+}
+
+function joinPath(dir: string, file: string): string {
+  return dir.endsWith("/") ? `${dir}${file}` : `${dir}/${file}`;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
