@@ -61,13 +61,14 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
   const { command, options: opts } = parsed;
   await configureLogging({ level: opts.logLevel, format: opts.logFormat });
   try {
+    // Usage problems of `run` are reported before looking for the driver.
+    const run = command === "run" ? await import("./run_command.ts") : undefined;
+    run?.selectSource(opts);
     const nvmlLibraryPath = resolveNvmlLibraryPath(opts.nvmlLibrary);
     const ctx: CommandContext = { options: opts, io, nvmlLibraryPath };
     switch (command) {
-      case "run": {
-        const { runCommand } = await import("./run_command.ts");
-        return await runCommand(ctx);
-      }
+      case "run":
+        return await run!.runCommand(ctx);
       case "status": {
         const { statusCommand } = await import("./status_command.ts");
         return statusCommand(ctx);
