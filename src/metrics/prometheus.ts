@@ -61,8 +61,9 @@ const MAX_LABEL_SETS = 64;
 const MAX_LABEL_VALUE_LENGTH = 128;
 
 /**
- * Per-GPU facts, structurally identical to `GpuStatus` of `src/reconcile/gpu_status.ts`.
- * All power values milliwatts, energy millijoules.
+ * The per-GPU facts the scrape needs: a structural subset of `GpuStatus`
+ * (`src/reconcile/gpu_status.ts`), so that type is accepted as is. Power values milliwatts,
+ * energy millijoules; null when unsupported or unreadable (its series is then omitted).
  */
 export interface GpuStatusLike {
   index: number;
@@ -70,16 +71,16 @@ export interface GpuStatusLike {
   name: string;
   pciBusId: string;
   drawMw: number | null;
-  limitMw: number;
+  limitMw: number | null;
   enforcedMw: number | null;
-  defaultMw: number;
-  minMw: number;
-  maxMw: number;
+  defaultMw: number | null;
+  minMw: number | null;
+  maxMw: number | null;
   energyMj: number | null;
   managed: boolean;
   baselineMw: number | null;
   desiredMw: number | null;
-  /** Set when the GPU's facts could not be read; its limit/draw fields are then not trusted. */
+  /** Set when some of the GPU's facts could not be read (`gpu_read_error` 1). */
   error?: string;
 }
 
@@ -212,7 +213,7 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     );
     this.#readError = gauge(
       "gpu_read_error",
-      "1 when the GPU's power facts could not be read at the last scrape, else 0.",
+      "1 when some power facts of the GPU could not be read at this scrape, else 0.",
       GPU_LABELS,
     );
 
@@ -381,17 +382,14 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     }
     for (const status of statuses) {
       const labels = { gpu: String(status.index), uuid: status.uuid, name: status.name };
-      const readable = status.error === undefined;
       this.#managed.set(labels, status.managed ? 1 : 0);
-      this.#readError.set(labels, readable ? 0 : 1);
+      this.#readError.set(labels, status.error === undefined ? 0 : 1);
       for (const [field, gauge] of this.#wattGauges) {
-        // On a read error only the agent's own facts (desired, baseline) are trustworthy.
-        if (!readable && field !== "desiredMw" && field !== "baselineMw") continue;
         const mw = status[field];
         if (typeof mw === "number" && Number.isFinite(mw)) gauge.set(labels, mw / 1000);
       }
       const mj = status.energyMj;
-      if (readable && typeof mj === "number" && Number.isFinite(mj) && mj >= 0) {
+      if (typeof mj === "number" && Number.isFinite(mj) && mj >= 0) {
         // The driver's counter is monotonic until the driver reloads, which is a counter reset
         // in Prometheus terms; so the series carries the driver's value as is.
         this.#energy.inc(labels, mj / 1000);
