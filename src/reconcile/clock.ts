@@ -9,6 +9,7 @@ export interface Clock {
 /** The real clock. */
 export const systemClock: Clock = Object.freeze({
   now: () => Date.now(),
-  setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms),
+  // Node typings (pulled in by npm deps) type setTimeout as Timeout; Deno returns a number.
+  setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms) as unknown as number,
   clearTimeout: (id: number) => clearTimeout(id),
 });

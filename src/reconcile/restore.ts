@@ -148,6 +148,7 @@ export function restoreGpu(
         requestedMw: null,
         clamp: "none",
         reason: reasonText,
+        summary: "",
       },
       writes: 0,
     };
@@ -178,6 +179,7 @@ export function restoreGpu(
     requestedMw: wanted,
     clamp: "none",
     reason,
+    summary: "",
   };
   const props = {
     index: identity.index,
@@ -202,7 +204,11 @@ export function restoreGpu(
   }
   const failure = setAndVerify(gpu, { identity, mw: targetMw }, { telemetry });
   if (failure.error) {
-    logger.warn("{message}", { message: failure.error, uuid: identity.uuid, index: identity.index });
+    logger.warn("{message}", {
+      message: failure.error,
+      uuid: identity.uuid,
+      index: identity.index,
+    });
     return {
       outcome: { ...outcome, action: "error", error: failure.error },
       writes: failure.wrote ? 1 : 0,
@@ -308,6 +314,7 @@ export function errorOutcome(
     clamp: "none",
     reason: options.reason,
     error,
+    summary: "",
   };
 }
 
@@ -322,6 +329,35 @@ export function saveJournal(journal: Journal, report: PassReport): void {
   }
 }
 
+/** Fill `summary` of every outcome of a report (one line for humans per GPU). */
+export function summarize(report: PassReport): void {
+  for (const g of report.gpus) g.summary = describeOutcome(g, report.dryRun);
+}
+
+/** One human line describing an outcome. */
+export function describeOutcome(g: GpuOutcome, dryRun: boolean): string {
+  const from = g.fromMw === null ? "?" : watts(g.fromMw);
+  const to = g.toMw === null ? "?" : watts(g.toMw);
+  const why = g.reason ? ` (${g.reason})` : "";
+  const would = dryRun ? "would set " : "";
+  switch (g.action) {
+    case "error":
+      return g.error ?? "error";
+    case "skipped":
+      return `unchanged at ${from}${why}`;
+    case "none":
+      return g.reason ? `in sync at ${to}${why}` : `unmanaged at ${from}`;
+    case "apply":
+      return `${would}${from} → ${to}${why}`;
+    case "drift":
+      return `${would}${from} → ${to} (drift corrected${g.reason ? `; ${g.reason}` : ""})`;
+    case "restore":
+      return g.fromMw === g.toMw
+        ? `${dryRun ? "would release, " : "released, "}already at ${to}${why}`
+        : `${would}${from} → ${to}${why}`;
+  }
+}
+
 function nvmlDetail(err: unknown): string {
   const facts = nvmlFacts(err);
   if (!facts) return errorText(err);
@@ -333,6 +369,7 @@ function ids(identity: GpuIdentity): Pick<GpuOutcome, "uuid" | "index" | "name">
 }
 
 function finish(report: PassReport, clock: Clock): PassReport {
+  summarize(report);
   report.durationMs = Math.max(0, clock.now() - report.startedMs);
   return report;
 }

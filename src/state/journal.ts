@@ -29,6 +29,8 @@ export interface JournalEntry {
 export interface LoadJournalOptions {
   /** Never write anything (no save, no moving a corrupt file aside). */
   dryRun?: boolean;
+  /** For readers such as `status`: same as `dryRun` (never writes anything). */
+  readOnly?: boolean;
   /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
   now?: () => number;
 }
@@ -50,7 +52,7 @@ export class Journal {
   readonly path: string;
   /** State directory holding the file. */
   readonly stateDir: string;
-  /** True when this journal never writes. */
+  /** True when this journal never writes (`dryRun` or `readOnly` at load). */
   readonly dryRun: boolean;
   #entries: Map<string, JournalEntry>;
   #dirty = false;
@@ -64,7 +66,7 @@ export class Journal {
   ) {
     this.stateDir = stateDir;
     this.path = joinPath(stateDir, JOURNAL_FILE);
-    this.dryRun = options.dryRun ?? false;
+    this.dryRun = (options.dryRun ?? false) || (options.readOnly ?? false);
     this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
     this.#now = options.now ?? Date.now;
   }
@@ -221,7 +223,7 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
   const parsed = parseJournal(text);
   if (typeof parsed === "string") {
     let movedTo: string | null = null;
-    if (!options.dryRun) {
+    if (!options.dryRun && !options.readOnly) {
       const aside = `${path}.corrupt-${now()}`;
       try {
         Deno.renameSync(path, aside);

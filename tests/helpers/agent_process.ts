@@ -2,10 +2,10 @@
  * Spawn the agent as a user would (`deno task agent <subcommand> …` from the repository root)
  * and observe it: collected output, log waiting, signals, exit status.
  */
-import { fromFileUrl } from "node:url";
+import { fileURLToPath } from "node:url";
 
 /** Repository root (absolute). */
-export const REPO_ROOT = fromFileUrl(new URL("../../", import.meta.url)).replace(/\/$/, "");
+export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
 
 /** Options for {@linkcode spawnAgent}. */
 export interface SpawnAgentOptions {

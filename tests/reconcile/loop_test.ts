@@ -1,0 +1,235 @@
+import assert from "node:assert/strict";
+import { loadJournal } from "../../src/state/journal.ts";
+import { ReconcileLoop, type ReconcileLoopOptions } from "../../src/reconcile/loop.ts";
+import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
+import { caps, FakeCapSource, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
+
+const U0 = fakeH100(0).uuid;
+const U1 = fakeH100(1).uuid;
+const INTERVAL = 30_000;
+
+function setup(options: Partial<ReconcileLoopOptions> = {}) {
+  const gpu = new FakeGpuControl([fakeH100(0), fakeH100(1)]);
+  const tmp = tempStateDir();
+  const journal = loadJournal(tmp.dir);
+  const source = new FakeCapSource(caps([U0, 250]));
+  const clock = new ManualClock();
+  const telemetry = new RecordingTelemetry();
+  const loop = new ReconcileLoop(gpu, source, {
+    journal,
+    clock,
+    telemetry,
+    intervalMs: INTERVAL,
+    ...options,
+  });
+  return {
+    gpu,
+    tmp,
+    journal,
+    source,
+    clock,
+    telemetry,
+    loop,
+    [Symbol.dispose]: tmp[Symbol.dispose],
+  };
+}
+
+Deno.test("start: first pass applies, arms the interval, exposes state", () => {
+  using t = setup();
+  const report = t.loop.start();
+  assert.equal(report.gpus[0].action, "apply");
+  assert.equal(t.gpu.limitOf(0), 250_000);
+  assert.equal(t.loop.passCount, 1);
+  assert.equal(t.loop.lastReport, report);
+  assert.equal(t.loop.lastSuccessMs, t.clock.now());
+  assert.equal(t.loop.lastDesired?.get(U0)?.mw, 250_000);
+  assert.deepEqual(t.clock.delays(), [INTERVAL]);
+  assert.deepEqual(t.source.lastViews.map((v) => v.uuid), [U0, U1]);
+  assert.equal(t.source.desiredCalls, 1);
+});
+
+Deno.test("start: journaled GPU without desired cap is restored as startup (crash recovery)", () => {
+  using t = setup();
+  // A previous run capped GPU 1 and crashed.
+  t.journal.recordBaseline(U1, 700_000, { name: "x" });
+  t.journal.setApplied(U1, 300_000);
+  t.journal.save();
+  t.gpu.setExternalLimit(1, 300_000);
+  t.loop.start();
+  assert.equal(t.gpu.limitOf(1), 700_000);
+  assert.equal(t.journal.has(U1), false);
+  const restore = t.telemetry.changes.find((c) => c.uuid === U1);
+  assert.equal(restore?.restoreReason, "startup");
+  // Later restores are "unmanaged".
+  t.source.caps = new Map();
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(t.telemetry.changes.at(-1)?.restoreReason, "unmanaged");
+});
+
+Deno.test("trigger: coalesced into one pass scheduled with no delay", () => {
+  using t = setup();
+  t.loop.start();
+  t.loop.trigger();
+  t.loop.trigger();
+  t.loop.trigger();
+  assert.deepEqual(t.clock.delays(), [0, INTERVAL]);
+  t.clock.advance(0);
+  assert.equal(t.loop.passCount, 2);
+  assert.equal(t.source.desiredCalls, 2);
+  assert.deepEqual(t.clock.delays(), [INTERVAL], "interval re-armed, nothing else queued");
+});
+
+Deno.test("trigger during a pass queues exactly one follow-up pass", () => {
+  using t = setup();
+  let inPass = 0;
+  const desired = t.source.desired.bind(t.source);
+  t.source.desired = (gpus) => {
+    inPass++;
+    if (inPass === 2) {
+      t.loop.trigger();
+      t.loop.trigger();
+    }
+    return desired(gpus);
+  };
+  t.loop.start();
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(t.loop.passCount, 3, "start, triggered pass, one follow-up");
+  assert.deepEqual(t.clock.delays(), [INTERVAL]);
+});
+
+Deno.test("interval: drift corrected without a trigger; timer re-armed after each pass", () => {
+  using t = setup();
+  t.loop.start();
+  t.clock.advance(10_000);
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.deepEqual(t.clock.delays(), [INTERVAL], "re-armed from the triggered pass");
+  t.gpu.setExternalLimit(0, 700_000);
+  t.clock.advance(INTERVAL - 1);
+  assert.equal(t.gpu.limitOf(0), 700_000);
+  t.clock.advance(1);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+  assert.equal(t.telemetry.changes.at(-1)?.kind, "drift");
+  assert.deepEqual(t.telemetry.latencies, [], "no trigger, no reaction latency");
+});
+
+Deno.test("reaction latency: from the first trigger to the pass that applied a change", () => {
+  using t = setup();
+  t.loop.start();
+  t.source.caps = caps([U0, 300]);
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.deepEqual(t.telemetry.latencies, [0]);
+  // A trigger whose pass changes nothing records nothing.
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.deepEqual(t.telemetry.latencies, [0]);
+  // Trigger before start: measured to the end of the first pass.
+  using u = setup();
+  u.loop.trigger();
+  u.clock.advance(7);
+  u.loop.start();
+  assert.deepEqual(u.telemetry.latencies, [0.007]);
+});
+
+Deno.test("desired null: nothing changes and lastSuccessMs is not advanced", () => {
+  using t = setup();
+  t.loop.start();
+  const success = t.loop.lastSuccessMs;
+  t.source.caps = null;
+  t.clock.advance(INTERVAL);
+  assert.equal(t.loop.passCount, 2);
+  assert.equal(t.loop.lastSuccessMs, success);
+  assert.equal(t.loop.lastDesired, null);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+});
+
+Deno.test("a GPU whose limits cannot be read is hidden from the source and left alone", () => {
+  using t = setup();
+  t.loop.start();
+  t.gpu.failOn(0, "readLimits", "GPU_IS_LOST");
+  t.source.caps = new Map();
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.deepEqual(t.source.lastViews.map((v) => v.uuid), [U1]);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+  assert.equal(t.journal.has(U0), true);
+  assert.equal(t.loop.lastReport?.ok, false);
+});
+
+Deno.test("source throwing: nothing changes, pass reported as failed", () => {
+  using t = setup();
+  t.loop.start();
+  t.source.desired = () => {
+    throw new Error("boom");
+  };
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(t.loop.lastReport?.ok, false);
+  assert.match(t.loop.lastReport?.error ?? "", /Source fake failed to compute desired caps: boom/);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+});
+
+Deno.test("stop with restore: timers cleared, every GPU back at baseline (shutdown)", async () => {
+  using t = setup();
+  t.source.caps = caps([U0, 250], [U1, 300]);
+  t.loop.start();
+  t.loop.trigger();
+  const report = await t.loop.stop({ restore: true });
+  assert.equal(report?.ok, true);
+  assert.equal(t.clock.pending, 0);
+  assert.deepEqual([t.gpu.limitOf(0), t.gpu.limitOf(1)], [700_000, 700_000]);
+  assert.equal(loadJournal(t.tmp.dir).size, 0);
+  assert.deepEqual(t.telemetry.changes.slice(-2).map((c) => c.restoreReason), [
+    "shutdown",
+    "shutdown",
+  ]);
+  t.loop.trigger();
+  assert.equal(t.clock.pending, 0, "trigger after stop is a no-op");
+});
+
+Deno.test("stop without restore leaves caps and journal", async () => {
+  using t = setup();
+  t.loop.start();
+  assert.equal(await t.loop.stop(), null);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+  assert.equal(loadJournal(t.tmp.dir).has(U0), true);
+  assert.equal(t.clock.pending, 0);
+});
+
+Deno.test("dry-run loop never sets or writes, even on stop", async () => {
+  using t = setup({ dryRun: true });
+  const report = t.loop.start();
+  assert.equal(report.dryRun, true);
+  t.clock.advance(INTERVAL);
+  await t.loop.stop({ restore: true });
+  assert.equal(t.gpu.calls.setLimit, 0);
+  assert.throws(() => Deno.statSync(t.tmp.dir), Deno.errors.NotFound);
+  assert.deepEqual(t.telemetry.latencies, []);
+});
+
+Deno.test("constructor rejects a non-positive interval; start twice is refused", () => {
+  using t = setup();
+  assert.throws(
+    () => new ReconcileLoop(t.gpu, t.source, { journal: t.journal, intervalMs: 0 }),
+    /interval must be positive/,
+  );
+  t.loop.start();
+  assert.throws(() => t.loop.start(), /called twice/);
+});
+
+Deno.test("runOnce: one pass, no timers, startup restore reason", () => {
+  using t = setup();
+  t.journal.recordBaseline(U1, 700_000, { name: "x" });
+  t.journal.save();
+  t.gpu.setExternalLimit(1, 300_000);
+  const report = t.loop.runOnce();
+  assert.equal(report.ok, true);
+  assert.equal(t.gpu.limitOf(0), 250_000);
+  assert.equal(t.gpu.limitOf(1), 700_000);
+  assert.equal(t.telemetry.changes.find((c) => c.uuid === U1)?.restoreReason, "startup");
+  assert.equal(t.clock.pending, 0);
+  assert.equal(t.loop.passCount, 1);
+});
