@@ -67,9 +67,7 @@ async function main() {
     console.log(agent.output().slice(before).trimEnd());
     console.log(`agent exited with code ${status.code}`);
   } finally {
-    try {
-      agent.kill("SIGKILL");
-    } catch { /* already exited */ }
+    agent.killTree("SIGKILL");
     await agent.status();
   }
 

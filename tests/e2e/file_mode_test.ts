@@ -75,9 +75,7 @@ Deno.test("run applies the caps file, follows edits, and SIGTERM restores every 
     assert.equal(status.code, 0, agent.output());
     assert.deepEqual(await limits(s), [700000, 600000]);
   } finally {
-    try {
-      agent.kill("SIGKILL");
-    } catch { /* already gone */ }
+    agent.killTree("SIGKILL");
     await agent.status();
   }
 });
@@ -102,9 +100,7 @@ Deno.test("drift is corrected and SIGHUP reloads the caps file", async () => {
     assert.equal((await agent.status()).code, 0, agent.output());
     assert.deepEqual(await limits(s), [700000, 600000]);
   } finally {
-    try {
-      agent.kill("SIGKILL");
-    } catch { /* already gone */ }
+    agent.killTree("SIGKILL");
     await agent.status();
   }
 });
@@ -116,7 +112,7 @@ Deno.test("after kill -9, `restore` puts every GPU back; a new run also recovers
     { env: s.env },
   );
   await waitFor(async () => (await limits(s)).join() === "250000,250000", "caps applied");
-  agent.kill("SIGKILL");
+  agent.killTree("SIGKILL");
   await agent.status();
   assert.deepEqual(await limits(s), [250000, 250000], "a killed agent cannot restore");
 

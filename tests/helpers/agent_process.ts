@@ -24,6 +24,11 @@ export interface AgentProcess {
   waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<void>;
   /** Send a signal to the agent (forwarded by `deno task` and the launcher). */
   kill(signal: Deno.Signal): void;
+  /**
+   * Send a signal to every process of the tree, deepest first (`kill -9` of the agent itself:
+   * signals to `deno task` are forwarded, but SIGKILL cannot be).
+   */
+  killTree(signal: Deno.Signal): void;
   /** Wait for exit. */
   status(): Promise<Deno.CommandStatus>;
 }
@@ -86,6 +91,14 @@ export function spawnAgent(args: readonly string[], options: SpawnAgentOptions =
     kill(signal) {
       child.kill(signal);
     },
+    killTree(signal) {
+      if (exited) return;
+      for (const pid of [...descendants(child.pid).reverse(), child.pid]) {
+        try {
+          Deno.kill(pid, signal);
+        } catch { /* already gone */ }
+      }
+    },
     status: () => statusPromise,
   };
 }
@@ -119,4 +132,29 @@ export async function waitFor(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** PIDs of all descendants of `pid`, parents before children (Linux /proc). */
+export function descendants(pid: number): number[] {
+  const parentOf = new Map<number, number>();
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      // pid (comm) state ppid …; comm may contain spaces and parentheses.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      parentOf.set(Number(entry.name), ppid);
+    } catch { /* exited meanwhile */ }
+  }
+  const out: number[] = [];
+  const walk = (p: number) => {
+    for (const [c, pp] of parentOf) {
+      if (pp === p) {
+        out.push(c);
+        walk(c);
+      }
+    }
+  };
+  walk(pid);
+  return out;
 }
