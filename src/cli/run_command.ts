@@ -20,6 +20,16 @@ import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
 
 const VERSION = "0.1.0";
+/** Longest wait for stopping the source or the HTTP server after the GPUs are restored. */
+const SHUTDOWN_STEP_MS = 2000;
+
+/** Wait for `p`, but at most `ms`; errors are ignored (used on shutdown only). */
+async function bounded(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const limit = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  await Promise.race([p.catch(() => {}), limit]);
+  clearTimeout(timer);
+}
 
 /** Which source `run` uses, validated against the flags it needs. */
 export function selectSource(options: AgentOptions): "file" | "kubernetes" {
@@ -185,8 +195,9 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
         log.error("Shutdown failed: {error}", { error: (err as Error).message });
         code = EXIT.failure;
       }
-      await theSource.stop().catch(() => {});
-      await server?.close().catch(() => {});
+      // GPUs are restored above; nothing below may keep the process from exiting.
+      await bounded(theSource.stop(), SHUTDOWN_STEP_MS);
+      if (server) await bounded(server.close(), SHUTDOWN_STEP_MS);
       gpu.close();
       done.resolve(code);
     })();

@@ -233,7 +233,11 @@ function parseJson(text: string, path: string): Parsed {
 }
 
 async function parseYaml(text: string, path: string): Promise<Parsed> {
-  const yaml = await import("yaml");
+  // Loaded only for YAML content (memory). `default` covers CommonJS interop in bundles.
+  const mod = await import("yaml");
+  const yaml = typeof (mod as { parseDocument?: unknown }).parseDocument === "function"
+    ? mod
+    : (mod as unknown as { default: typeof mod }).default;
   const doc = yaml.parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new CapsFileError(
