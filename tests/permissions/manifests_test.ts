@@ -1,0 +1,61 @@
+import { deepStrictEqual, equal, match, ok, throws } from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import {
+  containerCommand,
+  containerPermissionSet,
+  dockerEntrypointBlock,
+  GENERATED_FILES,
+  KUBELET_API_SERVER,
+  replaceGeneratedBlock,
+} from "../../src/permissions/manifests.ts";
+import { nvmlCandidatePaths } from "../../src/permissions/permission_set.ts";
+
+const DOCKERFILE = fileURLToPath(new URL("../../deploy/Dockerfile", import.meta.url));
+
+Deno.test("the Dockerfile and the DaemonSet carry the generator's current output", async () => {
+  for (const { path, block } of GENERATED_FILES) {
+    const text = await Deno.readTextFile(path);
+    equal(
+      replaceGeneratedBlock(text, block(), path),
+      text,
+      `${path} is out of date: run deno run -A src/permissions/manifests.ts`,
+    );
+  }
+});
+
+Deno.test("a hand edit inside a generated block is detected", () => {
+  const text = `FROM x\n${dockerEntrypointBlock()}\nCMD ["run"]\n`;
+  const edited = text.replace("--allow-write=", "--allow-write=/etc,");
+  ok(replaceGeneratedBlock(edited, dockerEntrypointBlock(), "Dockerfile") !== edited);
+  throws(() => replaceGeneratedBlock("FROM x\n", "", "Dockerfile"), /no "BEGIN GENERATED/);
+});
+
+Deno.test("container command: deno run, cached and frozen, kubernetes set, /app/main.ts", () => {
+  const command = containerCommand({ apiServer: KUBELET_API_SERVER });
+  deepStrictEqual(command.slice(0, 7), [
+    "deno",
+    "run",
+    "--no-prompt",
+    "--cached-only",
+    "--frozen",
+    "--config",
+    "/app/deno.json",
+  ]);
+  equal(command.at(-1), "/app/main.ts");
+  const set = containerPermissionSet({ apiServer: KUBELET_API_SERVER });
+  deepStrictEqual(set.ffi, nvmlCandidatePaths());
+  deepStrictEqual(set.write, ["/var/lib/gpu-power-agent"]);
+  deepStrictEqual(set.net, ["0.0.0.0:9402", KUBELET_API_SERVER]);
+  ok(set.read.includes("/proc"));
+  ok(set.read.includes("/var/run/secrets/kubernetes.io/serviceaccount"));
+  ok(!command.some((a) => a === "-A" || a.startsWith("--allow-run")));
+});
+
+Deno.test("the Dockerfile pins the official image to the Deno version under test", async () => {
+  const text = await Deno.readTextFile(DOCKERFILE);
+  const from = text.split("\n").filter((l) => l.startsWith("FROM "));
+  deepStrictEqual(from, [`FROM denoland/deno:${Deno.version.deno}`]);
+  match(text, /RUN deno install --frozen --entrypoint main\.ts/);
+  match(text, /ENTRYPOINT \["\/bin\/sh", "-c", "exec deno run --no-prompt --cached-only/);
+  match(text, /\$\{KUBERNETES_SERVICE_HOST\}:\$\{KUBERNETES_SERVICE_PORT\}/);
+});
