@@ -182,7 +182,14 @@ Deno.test("deno task agent: runs from another directory, forwards SIGTERM, passe
     await writeFakeState(statePath, { driverVersion: "580.159.04", gpus: [makeGpu(0)] });
     await Deno.mkdir(`${dir}/conf`);
     await Deno.writeTextFile(`${dir}/conf/caps.yaml`, "version: 1\ndefault: {watts: 250}\n");
-    const env = { FAKE_NVML_STATE: statePath, NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" };
+    // INIT_CWD is where the user ran the task; set it as a user's shell would (an enclosing
+    // `deno task test` would otherwise pass its own down).
+    const env = {
+      FAKE_NVML_STATE: statePath,
+      NO_COLOR: "1",
+      DENO_NO_UPDATE_CHECK: "1",
+      INIT_CWD: dir,
+    };
     const task = (args: string[]) =>
       new Deno.Command(Deno.execPath(), {
         args: ["task", "--quiet", "--config", DENO_CONFIG, "agent", ...args],
@@ -215,7 +222,9 @@ Deno.test("deno task agent: runs from another directory, forwards SIGTERM, passe
     const deadline = Date.now() + 15_000;
     while ((await limit()) !== 250_000) {
       if (Date.now() > deadline) {
-        child.kill("SIGKILL");
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already exited: the output says why */ }
         throw new Error(`cap not applied; output:\n${await output}`);
       }
       await new Promise((r) => setTimeout(r, 50));

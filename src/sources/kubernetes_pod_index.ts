@@ -1,0 +1,205 @@
+/**
+ * What the Kubernetes source knows about the pods of its node and which GPUs they use.
+ *
+ * - Pods: the few fields the policy needs, from the informer (not whole Pod objects).
+ * - PID → pod UID cache: a process never changes pod, so `/proc/<pid>/cgroup` is read once per
+ *   PID; an entry is evicted when NVML no longer reports the PID.
+ * - Pod → GPU associations: remembered while the pod exists and is not Succeeded/Failed, so a
+ *   cap survives a process restart inside the pod.
+ */
+import { parsePowerAnnotation, type PowerAnnotation } from "./annotation.ts";
+import { readPodUidOfPid } from "./cgroup.ts";
+import type { KubePod } from "./kubernetes_informer.ts";
+
+/** One pod on the node. */
+export interface PodRecord {
+  uid: string;
+  namespace: string;
+  name: string;
+  /** Raw annotation value (undefined when absent). */
+  annotationValue: string | undefined;
+  annotation: PowerAnnotation;
+}
+
+/** Result of a process scan. */
+export interface ScanResult {
+  /** GPUs whose processes could not be listed (associations kept as they were). */
+  failed: Array<{ uuid: string; error: string }>;
+  /** Associations added by this scan. */
+  added: number;
+}
+
+/** A GPU as the scan needs it. */
+export interface ScanGpu {
+  index: number;
+  uuid: string;
+}
+
+function terminal(pod: KubePod): boolean {
+  const phase = pod.status?.phase;
+  return phase === "Succeeded" || phase === "Failed";
+}
+
+/** Pods, PID cache and pod → GPU associations. */
+export class PodIndex {
+  #annotationKey: string;
+  #pods = new Map<string, PodRecord>();
+  #pidUid = new Map<number, string | null>();
+  #gpusOf = new Map<string, Set<string>>();
+
+  constructor(annotationKey: string) {
+    this.#annotationKey = annotationKey;
+  }
+
+  /** Number of pods known (non-terminal). */
+  get size(): number {
+    return this.#pods.size;
+  }
+
+  /** Number of cached PIDs. */
+  get cachedPids(): number {
+    return this.#pidUid.size;
+  }
+
+  /** A pod by UID. */
+  get(uid: string): PodRecord | undefined {
+    return this.#pods.get(uid);
+  }
+
+  /** All known pods. */
+  pods(): IterableIterator<PodRecord> {
+    return this.#pods.values();
+  }
+
+  /** GPU UUIDs a pod is associated with. */
+  gpusOf(uid: string): ReadonlySet<string> {
+    return this.#gpusOf.get(uid) ?? new Set();
+  }
+
+  /** True when some cached PID runs in this pod. */
+  hasProcess(uid: string): boolean {
+    for (const value of this.#pidUid.values()) if (value === uid) return true;
+    return false;
+  }
+
+  /**
+   * Replace every pod (after a LIST). Returns true when anything the policy sees changed.
+   * Associations of pods that are gone are dropped.
+   */
+  replace(pods: readonly KubePod[]): boolean {
+    const next = new Map<string, PodRecord>();
+    for (const pod of pods) {
+      if (terminal(pod)) continue;
+      next.set(pod.metadata.uid, this.#record(pod));
+    }
+    let changed = next.size !== this.#pods.size;
+    for (const [uid, record] of next) {
+      const before = this.#pods.get(uid);
+      if (!before || before.annotationValue !== record.annotationValue) changed = true;
+    }
+    for (const uid of this.#gpusOf.keys()) {
+      if (!next.has(uid)) {
+        this.#gpusOf.delete(uid);
+        changed = true;
+      }
+    }
+    this.#pods = next;
+    return changed;
+  }
+
+  /**
+   * Apply one watch event. Returns the previous and new record (undefined when absent/removed)
+   * and whether the pod had GPU associations before.
+   */
+  apply(
+    type: "ADDED" | "MODIFIED" | "DELETED",
+    pod: KubePod,
+  ): { before?: PodRecord; after?: PodRecord; hadGpus: boolean } {
+    const uid = pod.metadata.uid;
+    const before = this.#pods.get(uid);
+    const hadGpus = (this.#gpusOf.get(uid)?.size ?? 0) > 0;
+    if (type === "DELETED" || terminal(pod)) {
+      this.#pods.delete(uid);
+      this.#gpusOf.delete(uid);
+      return { before, hadGpus };
+    }
+    const after = this.#record(pod);
+    this.#pods.set(uid, after);
+    return { before, after, hadGpus };
+  }
+
+  /**
+   * Find the pods using each GPU now: NVML PIDs → cgroup → pod UID, for pods in the index.
+   * `computePids` failures leave that GPU's associations as they were. Never throws.
+   */
+  scan(
+    gpus: readonly ScanGpu[],
+    options: { computePids: (index: number) => number[]; procRoot: string },
+  ): ScanResult {
+    const seen = new Set<number>();
+    const failed: ScanResult["failed"] = [];
+    let added = 0;
+    for (const gpu of gpus) {
+      let pids: number[];
+      try {
+        pids = options.computePids(gpu.index);
+      } catch (error) {
+        failed.push({ uuid: gpu.uuid, error: (error as Error).message });
+        continue;
+      }
+      for (const pid of pids) {
+        seen.add(pid);
+        let uid = this.#pidUid.get(pid);
+        if (uid === undefined) {
+          const read = readPodUidOfPid(options.procRoot, pid);
+          if (read === undefined) continue; // Vanished, or unreadable: try again next scan.
+          uid = read;
+          this.#pidUid.set(pid, uid);
+        }
+        if (uid === null || !this.#pods.has(uid)) continue;
+        let set = this.#gpusOf.get(uid);
+        if (!set) {
+          set = new Set();
+          this.#gpusOf.set(uid, set);
+        }
+        if (!set.has(gpu.uuid)) {
+          set.add(gpu.uuid);
+          added++;
+        }
+      }
+    }
+    if (failed.length === 0) {
+      for (const pid of [...this.#pidUid.keys()]) if (!seen.has(pid)) this.#pidUid.delete(pid);
+    }
+    return { failed, added };
+  }
+
+  /** Pods associated with each GPU UUID. */
+  podsByGpu(): Map<string, PodRecord[]> {
+    const result = new Map<string, PodRecord[]>();
+    for (const [uid, gpus] of this.#gpusOf) {
+      const pod = this.#pods.get(uid);
+      if (!pod) continue;
+      for (const uuid of gpus) {
+        const list = result.get(uuid) ?? [];
+        list.push(pod);
+        result.set(uuid, list);
+      }
+    }
+    return result;
+  }
+
+  #record(pod: KubePod): PodRecord {
+    const value = pod.metadata.annotations?.[this.#annotationKey];
+    const previous = this.#pods.get(pod.metadata.uid);
+    return {
+      uid: pod.metadata.uid,
+      namespace: pod.metadata.namespace,
+      name: pod.metadata.name,
+      annotationValue: value,
+      annotation: previous && previous.annotationValue === value
+        ? previous.annotation
+        : parsePowerAnnotation(value),
+    };
+  }
+}
