@@ -22,7 +22,13 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
     for (const g of gpu.listGpus()) {
       try {
         const l = gpu.readLimits(g.index);
-        views.push({ ...g, defaultMw: l.defaultMw, minMw: l.minMw, maxMw: l.maxMw, limitMw: l.limitMw });
+        views.push({
+          ...g,
+          defaultMw: l.defaultMw,
+          minMw: l.minMw,
+          maxMw: l.maxMw,
+          limitMw: l.limitMw,
+        });
       } catch (err) {
         failed = true;
         ctx.io.out(`GPU ${g.index} (${g.uuid}): cannot read limits: ${(err as Error).message}`);
@@ -39,9 +45,9 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
       const c = clampMw(want.mw, v);
       const clamp = c.direction === "none"
         ? ""
-        : `, clamped ${c.direction} from ${formatWatts(want.mw)} W to the GPU's ${formatWatts(v.minMw)}-${
-          formatWatts(v.maxMw)
-        } W`;
+        : `, clamped ${c.direction} from ${formatWatts(want.mw)} W to the GPU's ${
+          formatWatts(v.minMw)
+        }-${formatWatts(v.maxMw)} W`;
       const change = c.mw === v.limitMw ? "already in place" : "would set";
       ctx.io.out(`${head} → ${formatWatts(c.mw)} W (${want.reason}${clamp}; ${change})`);
     }

@@ -36,7 +36,10 @@ const consoleIo: CliIo = {
 };
 
 /** Run the CLI with `argv` (without the program name) and return the exit code. */
-export async function runCli(argv: readonly string[], options: RunCliOptions = {}): Promise<number> {
+export async function runCli(
+  argv: readonly string[],
+  options: RunCliOptions = {},
+): Promise<number> {
   const io = options.io ?? consoleIo;
   const env = options.env ?? defaultEnv;
   let parsed;
@@ -64,7 +67,7 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
     // Usage problems of `run` are reported before looking for the driver.
     const run = command === "run" ? await import("./run_command.ts") : undefined;
     run?.selectSource(opts);
-    const nvmlLibraryPath = resolveNvmlLibraryPath(opts.nvmlLibrary);
+    const nvmlLibraryPath = libraryPath(opts.nvmlLibrary);
     const ctx: CommandContext = { options: opts, io, nvmlLibraryPath };
     switch (command) {
       case "run":
@@ -87,13 +90,24 @@ export async function runCli(argv: readonly string[], options: RunCliOptions = {
   }
 }
 
+/** The NVML library to load; a relative explicit path is a usage error. */
+function libraryPath(explicit: string | undefined): string {
+  try {
+    return resolveNvmlLibraryPath(explicit);
+  } catch (err) {
+    if (err instanceof TypeError) throw new UsageError(`--nvml-library: ${err.message}`);
+    throw err;
+  }
+}
+
 /** Print a fatal error the way a user can act on it and return the exit code. */
 export function reportFatal(err: unknown, io: CliIo): number {
   if (err instanceof UsageError) {
     io.err(`gpu-power-agent: ${err.message}`);
     return EXIT.usage;
   }
-  if (err instanceof CapsFileError) {
+  // Matched by name: the Kubernetes client module is loaded only in Kubernetes mode.
+  if (err instanceof CapsFileError || (err instanceof Error && err.name === "KubeConfigError")) {
     io.err(`gpu-power-agent: ${err.message}`);
     return EXIT.usage;
   }

@@ -301,7 +301,10 @@ function convert(spec: FlagSpec, raw: string | boolean, from: string): string | 
  * Parse `argv` (without the program name): `<command> [flags]`. Flag > environment > default.
  * Throws {@linkcode UsageError} on unknown flags or bad values.
  */
-export function parseCommandLine(argv: readonly string[], options: ParseOptions = {}): ParsedCommandLine {
+export function parseCommandLine(
+  argv: readonly string[],
+  options: ParseOptions = {},
+): ParsedCommandLine {
   const env = options.env ?? (() => undefined);
   const first = argv[0];
   const wantsHelp = argv.includes("--help") || argv.includes("-h");

@@ -99,6 +99,12 @@ async function createSource(
   });
 }
 
+/** What the metrics callbacks read; filled in as the agent starts. */
+interface LiveState {
+  loop?: ReconcileLoop;
+  source?: SourceWithReload;
+}
+
 /** Run `run` until a termination signal (or after one pass with --once). */
 export async function runCommand(ctx: CommandContext): Promise<number> {
   const o = ctx.options;
@@ -110,34 +116,31 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
 
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });
-  let loop: ReconcileLoop | undefined;
-  let trigger: () => void = () => {};
-  let telemetry: Telemetry = noopTelemetry;
-  let prom: { metrics(): Promise<string>; contentType?: string } | undefined;
-  let source: SourceWithReload | undefined;
-  if (o.metricsAddress !== "off" && !o.once) {
-    const { createPrometheusTelemetry } = await import("../metrics/prometheus.ts");
-    const p = createPrometheusTelemetry({
+  const live: LiveState = {};
+  const prom = o.metricsAddress !== "off" && !o.once
+    ? (await import("../metrics/prometheus.ts")).createPrometheusTelemetry({
       buildInfo: {
         version: VERSION,
         denoVersion: Deno.version.deno,
         driverVersion: gpu.driverVersion(),
       },
-      statuses: () => collectGpuStatus(gpu, { journal, desired: loop?.lastDesired ?? undefined }),
-      staleness: () => (source ? sourceStalenessSeconds(source.health(), Date.now()) : null),
-    });
-    telemetry = p;
-    prom = p;
-  }
-  source = await createSource(kind, gpu, { options: o, telemetry });
-  await source.start(() => trigger());
+      statuses: () => collectGpuStatus(gpu, { journal, desired: live.loop?.lastDesired }),
+      staleness: () =>
+        live.source ? sourceStalenessSeconds(live.source.health(), Date.now()) : null,
+    })
+    : undefined;
+  const telemetry: Telemetry = prom ?? noopTelemetry;
+
+  const source = await createSource(kind, gpu, { options: o, telemetry });
+  live.source = source;
+  await source.start(() => live.loop?.trigger());
   log.info("Caps source {source} ready; {count} GPU(s) on driver {driver}", {
     source: source.name,
     count: gpu.listGpus().length,
     driver: gpu.driverVersion(),
   });
 
-  loop = new ReconcileLoop(gpu, source, {
+  const loop = new ReconcileLoop(gpu, source, {
     journal,
     telemetry,
     clock: systemClock,
@@ -145,66 +148,88 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     restoreTo: o.restoreTo,
     dryRun: o.dryRun,
   });
-  const theLoop = loop;
-  const theSource = source;
-  trigger = () => theLoop.trigger();
+  live.loop = loop;
 
   if (o.once) {
     try {
-      const report = await theLoop.runOnce();
-      return report.ok ? EXIT.ok : EXIT.failure;
+      return loop.runOnce().ok ? EXIT.ok : EXIT.failure;
     } finally {
       await source.stop();
       gpu.close();
     }
   }
 
-  let server: { close(): Promise<void>; hostname: string; port: number } | null = null;
-  if (prom) {
-    const { startHealthServer } = await import("../metrics/server.ts");
-    const metrics = prom;
-    server = await startHealthServer(o.metricsAddress, {
-      metrics: () => metrics.metrics(),
-      contentType: metrics.contentType,
+  const server = prom
+    ? await (await import("../metrics/server.ts")).startHealthServer(o.metricsAddress, {
+      metrics: () => prom.metrics(),
+      contentType: prom.contentType,
       ready: () =>
         readiness({
-          lastSuccessMs: theLoop.lastSuccessMs,
-          health: theSource.health(),
+          lastSuccessMs: loop.lastSuccessMs,
+          health: source.health(),
           nowMs: Date.now(),
           staleAfterMs: o.staleAfter * 1000,
         }),
-    });
+    })
+    : null;
+  if (server) {
     log.info("Serving /metrics, /healthz and /readyz on {host}:{port}", {
-      host: server!.hostname,
-      port: server!.port,
+      host: server.hostname,
+      port: server.port,
     });
   }
 
+  const code = await untilStopped(loop, {
+    dryRun: o.dryRun,
+    reload: () => source.reload?.(),
+    cleanup: async () => {
+      // GPUs are restored by then; nothing here may keep the process from exiting.
+      await bounded(source.stop(), SHUTDOWN_STEP_MS);
+      if (server) await bounded(server.close(), SHUTDOWN_STEP_MS);
+      gpu.close();
+    },
+  });
+  log.info("Stopped");
+  return code;
+}
+
+/** Options of {@linkcode untilStopped}. */
+interface UntilStoppedOptions {
+  dryRun: boolean;
+  /** SIGHUP handler (the file source re-reads its file). */
+  reload: () => void | Promise<void>;
+  /** Runs after the GPUs were restored. */
+  cleanup: () => Promise<void>;
+}
+
+/**
+ * Start the loop and wait for SIGTERM/SIGINT; then restore every GPU the agent changed and
+ * clean up. SIGHUP reloads. Returns the exit code (1 if a GPU could not be restored).
+ */
+async function untilStopped(loop: ReconcileLoop, options: UntilStoppedOptions): Promise<number> {
+  const log = getLogger(["gpu-power-agent", "run"]);
   const done = Promise.withResolvers<number>();
   let stopping = false;
   const onStop = (signal: Deno.Signal) => {
-    if (stopping) return;
+    if (stopping) return; // e.g. Ctrl-C reaches both the launcher and the agent
     stopping = true;
     log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
     (async () => {
       let code: number = EXIT.ok;
       try {
-        const restored = await theLoop.stop({ restore: !o.dryRun });
+        const restored = await loop.stop({ restore: !options.dryRun });
         if (restored && !restored.ok) code = EXIT.failure;
       } catch (err) {
         log.error("Shutdown failed: {error}", { error: (err as Error).message });
         code = EXIT.failure;
       }
-      // GPUs are restored above; nothing below may keep the process from exiting.
-      await bounded(theSource.stop(), SHUTDOWN_STEP_MS);
-      if (server) await bounded(server.close(), SHUTDOWN_STEP_MS);
-      gpu.close();
+      await options.cleanup();
       done.resolve(code);
     })();
   };
   const onHup = () => {
     log.info("SIGHUP: reloading the caps source");
-    Promise.resolve(theSource.reload?.()).catch((err) =>
+    Promise.resolve(options.reload()).catch((err) =>
       log.error("Reload failed: {error}", { error: (err as Error).message })
     );
   };
@@ -213,12 +238,12 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   Deno.addSignalListener("SIGTERM", sigterm);
   Deno.addSignalListener("SIGINT", sigint);
   Deno.addSignalListener("SIGHUP", onHup);
-
-  await theLoop.start();
-  const code = await done.promise;
-  Deno.removeSignalListener("SIGTERM", sigterm);
-  Deno.removeSignalListener("SIGINT", sigint);
-  Deno.removeSignalListener("SIGHUP", onHup);
-  log.info("Stopped");
-  return code;
+  try {
+    loop.start();
+    return await done.promise;
+  } finally {
+    Deno.removeSignalListener("SIGTERM", sigterm);
+    Deno.removeSignalListener("SIGINT", sigint);
+    Deno.removeSignalListener("SIGHUP", onHup);
+  }
 }

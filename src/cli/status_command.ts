@@ -8,7 +8,17 @@ import { collectGpuStatus, type GpuStatus } from "../reconcile/gpu_status.ts";
 
 /** Render statuses as an aligned text table. */
 export function formatStatusTable(statuses: readonly GpuStatus[]): string {
-  const header = ["GPU", "UUID", "NAME", "DRAW W", "LIMIT W", "ENFORCED W", "DEFAULT W", "MIN-MAX W", "MANAGED"];
+  const header = [
+    "GPU",
+    "UUID",
+    "NAME",
+    "DRAW W",
+    "LIMIT W",
+    "ENFORCED W",
+    "DEFAULT W",
+    "MIN-MAX W",
+    "MANAGED",
+  ];
   const rows = statuses.map((s) => [
     String(s.index),
     s.uuid,

@@ -21,7 +21,9 @@ function setLines(logPath: string): string[] {
 }
 
 function procStatus(pid: number, key: string): number {
-  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(new RegExp(`^${key}:\\s+(\\d+) kB`, "m"));
+  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
+    new RegExp(`^${key}:\\s+(\\d+) kB`, "m"),
+  );
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
@@ -83,19 +85,23 @@ if (import.meta.main) {
     const rss = procStatus(pid, "VmRSS");
     const hwm = procStatus(pid, "VmHWM");
     const fmt = (n: number) => n.toFixed(1);
-    console.log(JSON.stringify({
-      gpus: GPUS,
-      edits: EDITS,
-      latencyMs: {
-        p50: latencies[Math.floor(latencies.length / 2)],
-        p99: percentile(latencies, 99),
-        max: latencies.at(-1),
+    console.log(JSON.stringify(
+      {
+        gpus: GPUS,
+        edits: EDITS,
+        latencyMs: {
+          p50: latencies[Math.floor(latencies.length / 2)],
+          p99: percentile(latencies, 99),
+          max: latencies.at(-1),
+        },
+        idle: { seconds: idleMs / 1000, nvmlSets: idleSets, cpuSeconds: idleCpu },
+        rssMiB: Number(fmt(rss)),
+        peakRssMiB: Number(fmt(hwm)),
+        metricsBytes: scrape.length,
       },
-      idle: { seconds: idleMs / 1000, nvmlSets: idleSets, cpuSeconds: idleCpu },
-      rssMiB: Number(fmt(rss)),
-      peakRssMiB: Number(fmt(hwm)),
-      metricsBytes: scrape.length,
-    }, null, 2));
+      null,
+      2,
+    ));
   } finally {
     agent.kill("SIGTERM");
     await agent.status();

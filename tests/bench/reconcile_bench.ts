@@ -16,9 +16,12 @@ writeFakeState(`${dir}/state.json`, makeFakeState(8));
 Deno.env.set("FAKE_NVML_STATE", `${dir}/state.json`);
 const gpu = openNvmlGpuControl(lib);
 const journal = loadJournal(`${dir}/journal`);
-const spec = await parseCapsFile("version: 1\ndefault: {watts: 300}\ngpus:\n  - index: 0\n    percent: 50\n", {
-  path: "bench.yaml",
-});
+const spec = await parseCapsFile(
+  "version: 1\ndefault: {watts: 300}\ngpus:\n  - index: 0\n    percent: 50\n",
+  {
+    path: "bench.yaml",
+  },
+);
 // First pass applies the caps; every pass measured below is in sync (zero writes).
 const first = reconcilePass(gpu, resolveFileCaps(spec, gpuViews(observeGpus(gpu))), { journal });
 if (first.writes !== 8) throw new Error(`expected 8 writes in the first pass, got ${first.writes}`);

@@ -56,7 +56,10 @@ async function main() {
     console.log((await runAgent(["status", ...common], { env })).stdout.trimEnd());
 
     banner("edit caps.yaml: GPU 0 → 300 W");
-    await Deno.writeTextFile(capsPath, "version: 1\ndefault: {percent: 80}\ngpus:\n  - index: 0\n    watts: 300\n");
+    await Deno.writeTextFile(
+      capsPath,
+      "version: 1\ndefault: {percent: 80}\ngpus:\n  - index: 0\n    watts: 300\n",
+    );
     await waitFor(async () => (await limits()) === "300000,560000", "edit applied", 30_000);
     console.log((await runAgent(["status", ...common], { env })).stdout.trimEnd());
 

@@ -20,11 +20,13 @@ if (import.meta.main) {
   const t0 = performance.now();
   const gpus = readOnly.listGpus().map((g) => {
     const r: Record<string, unknown> = { ...g };
-    for (const [k, f] of Object.entries({
-      limits: () => readOnly.readLimits(g.index),
-      sample: () => readOnly.readSample(g.index),
-      pids: () => readOnly.computePids(g.index),
-    })) {
+    for (
+      const [k, f] of Object.entries({
+        limits: () => readOnly.readLimits(g.index),
+        sample: () => readOnly.readSample(g.index),
+        pids: () => readOnly.computePids(g.index),
+      })
+    ) {
       try {
         r[k] = f();
       } catch (err) {

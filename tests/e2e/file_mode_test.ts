@@ -56,7 +56,9 @@ async function setCount(s: Setup): Promise<number> {
 }
 
 Deno.test("run applies the caps file, follows edits, and SIGTERM restores every baseline", async () => {
-  const s = await setup("version: 1\ngpus:\n  - index: 0\n    watts: 250\n  - index: 1\n    percent: 50\n");
+  const s = await setup(
+    "version: 1\ngpus:\n  - index: 0\n    watts: 250\n  - index: 1\n    percent: 50\n",
+  );
   const agent = spawnAgent(
     ["run", "--caps-file", s.capsPath, "--interval", "1", "--metrics-address", "off", ...s.common],
     { env: s.env },
@@ -157,7 +159,7 @@ Deno.test("a missing NVML library exits 3 with an actionable message", async () 
 });
 
 Deno.test("status --json and check report the host's GPUs", async () => {
-  const s = await setup("version: 1\ngpus:\n  - name: \"NVIDIA H100*\"\n    watts: 900\n");
+  const s = await setup('version: 1\ngpus:\n  - name: "NVIDIA H100*"\n    watts: 900\n');
   const status = await runAgent(["status", "--json", ...s.common], { env: s.env });
   assert.equal(status.code, 0, status.stderr);
   const parsed = JSON.parse(status.stdout);
@@ -185,4 +187,38 @@ Deno.test("usage errors exit 2 and --help exits 0", async () => {
   const noSource = await runAgent(["run", "--nvml-library", "/nonexistent/libnvidia-ml.so.1"]);
   assert.equal(noSource.code, 2, noSource.stderr);
   assert.match(noSource.stderr, /--caps-file/);
+});
+
+Deno.test("a relative --nvml-library is a usage error (exit 2) when run directly", async () => {
+  const r = await runAgent(["status", "--nvml-library", "lib/libnvidia-ml.so.1"], {
+    unscoped: true,
+  });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--nvml-library: .*absolute/);
+});
+
+Deno.test("kubernetes mode without a usable kubeconfig exits 2 with the reason", async () => {
+  const s = await setup("version: 1\n");
+  const r = await runAgent([
+    "run",
+    "--source",
+    "kubernetes",
+    "--node-name",
+    "n1",
+    "--safe-default-watts",
+    "500",
+    "--kubeconfig",
+    `${s.dir}/no-such-kubeconfig`,
+    "--metrics-address",
+    "off",
+    ...s.common,
+  ], { env: s.env, unscoped: true });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /no-such-kubeconfig/);
+  const missingNode = await runAgent(
+    ["run", "--source", "kubernetes", "--safe-default-watts", "500", ...s.common],
+    { env: s.env, unscoped: true },
+  );
+  assert.equal(missingNode.code, 2);
+  assert.match(missingNode.stderr, /--node-name/);
 });

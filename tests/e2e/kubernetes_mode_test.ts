@@ -37,7 +37,12 @@ Deno.test("kubernetes mode: annotate → cap, change → new cap, API down → k
   await Deno.writeTextFile(`${proc}/4343/cgroup`, `0::/kubepods/besteffort/pod${UID_B}/def\n`);
 
   const api = await startFakeApiServer({ defaultNodeName: "gpu-node-1" });
-  api.addPod({ name: "llm-a", namespace: "inference", uid: UID_A, annotations: { [ANNOTATION]: "250" } });
+  api.addPod({
+    name: "llm-a",
+    namespace: "inference",
+    uid: UID_A,
+    annotations: { [ANNOTATION]: "250" },
+  });
   api.addPod({ name: "llm-b", namespace: "inference", uid: UID_B });
   api.addPod({ name: "elsewhere", namespace: "inference", nodeName: "gpu-node-2" });
   const kubeconfig = await api.writeKubeconfig(dir);
