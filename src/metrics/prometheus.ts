@@ -14,6 +14,7 @@ import GaugeClass from "prom-client/lib/gauge.js";
 import HistogramClass from "prom-client/lib/histogram.js";
 import type { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { getLogger } from "@logtape/logtape";
+import type { GpuStatus } from "../reconcile/gpu_status.ts";
 import type { CapChange, Telemetry } from "./telemetry.ts";
 
 const Registry_: typeof Registry = RegistryClass;
@@ -61,28 +62,28 @@ const MAX_LABEL_SETS = 64;
 const MAX_LABEL_VALUE_LENGTH = 128;
 
 /**
- * The per-GPU facts the scrape needs: a structural subset of `GpuStatus`
- * (`src/reconcile/gpu_status.ts`), so that type is accepted as is. Power values milliwatts,
- * energy millijoules; null when unsupported or unreadable (its series is then omitted).
+ * The per-GPU facts the scrape needs: the fields of `GpuStatus` it reads (power values
+ * milliwatts, energy millijoules; null when unsupported or unreadable: the series is omitted;
+ * `error` set → `gpu_read_error` 1).
  */
-export interface GpuStatusLike {
-  index: number;
-  uuid: string;
-  name: string;
-  pciBusId: string;
-  drawMw: number | null;
-  limitMw: number | null;
-  enforcedMw: number | null;
-  defaultMw: number | null;
-  minMw: number | null;
-  maxMw: number | null;
-  energyMj: number | null;
-  managed: boolean;
-  baselineMw: number | null;
-  desiredMw: number | null;
-  /** Set when some of the GPU's facts could not be read (`gpu_read_error` 1). */
-  error?: string;
-}
+export type GpuStatusLike = Pick<
+  GpuStatus,
+  | "index"
+  | "uuid"
+  | "name"
+  | "pciBusId"
+  | "drawMw"
+  | "limitMw"
+  | "enforcedMw"
+  | "defaultMw"
+  | "minMw"
+  | "maxMw"
+  | "energyMj"
+  | "managed"
+  | "baselineMw"
+  | "desiredMw"
+  | "error"
+>;
 
 /** Labels of `gpu_power_agent_build_info`. */
 export interface BuildInfo {

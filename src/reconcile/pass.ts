@@ -17,6 +17,7 @@ import type { Clock } from "./clock.ts";
 import { systemClock } from "./clock.ts";
 import type { RestoreTarget } from "./restore.ts";
 import {
+  emptyReport,
   errorOutcome,
   readFailureMessage,
   reportNvmlError,
@@ -177,16 +178,7 @@ export function reconcilePass(
   const restoreTo = options.restoreTo ?? "baseline";
   const restoreReason = options.restoreReason ?? "unmanaged";
   const startedMs = clock.now();
-  const report: PassReport = {
-    gpus: [],
-    writes: 0,
-    ok: true,
-    dryRun,
-    desiredKnown: desired !== null,
-    absentUuids: [],
-    startedMs,
-    durationMs: 0,
-  };
+  const report = emptyReport({ dryRun, desiredKnown: desired !== null, startedMs });
   const finish = (): PassReport => {
     summarize(report);
     report.ok = report.ok && report.error === undefined &&

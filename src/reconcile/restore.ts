@@ -63,16 +63,7 @@ export function restoreAll(gpu: GpuControl, options: RestoreAllOptions): PassRep
   const journal = options.journal;
   const dryRun = (options.dryRun ?? false) || journal.dryRun;
   const startedMs = clock.now();
-  const report: PassReport = {
-    gpus: [],
-    writes: 0,
-    ok: true,
-    dryRun,
-    desiredKnown: true,
-    absentUuids: [],
-    startedMs,
-    durationMs: 0,
-  };
+  const report = emptyReport({ dryRun, desiredKnown: true, startedMs });
   if (journal.size === 0) return finish(report, clock);
 
   let identities: GpuIdentity[];
@@ -376,4 +367,11 @@ function finish(report: PassReport, clock: Clock): PassReport {
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** A report with no outcomes yet; `pass.ts` and `restoreAll` fill it in. */
+export function emptyReport(
+  fields: Pick<PassReport, "dryRun" | "desiredKnown" | "startedMs">,
+): PassReport {
+  return { gpus: [], writes: 0, ok: true, absentUuids: [], durationMs: 0, ...fields };
 }
