@@ -17,7 +17,7 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
   ctx.io.out(`${path}: valid`);
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   try {
-    const views: (GpuView & { minMw: number; maxMw: number; limitMw: number })[] = [];
+    const views: (GpuView & { limitMw: number })[] = [];
     let failed = false;
     for (const g of gpu.listGpus()) {
       try {

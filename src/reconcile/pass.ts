@@ -156,6 +156,8 @@ export function gpuViews(observation: Observation): GpuView[] {
         name: g.name,
         pciBusId: g.pciBusId,
         defaultMw: g.limits.defaultMw,
+        minMw: g.limits.minMw,
+        maxMw: g.limits.maxMw,
       }]
       : []
   );

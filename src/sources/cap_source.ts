@@ -22,6 +22,9 @@ export type DesiredCaps = Map<string, DesiredCap>;
 export interface GpuView extends GpuIdentity {
   /** Vendor default limit in milliwatts (for percent rules). */
   defaultMw: number;
+  /** Smallest and largest settable limit, milliwatts (already read this pass: no NVML call). */
+  minMw: number;
+  maxMw: number;
 }
 
 /** Freshness of a source, for readiness and metrics. */

@@ -52,7 +52,7 @@ export interface KubernetesSourceOptions {
   clock?: Clock;
   /** `--stale-after` in ms: a watch that received nothing for max(this, 90 s) is reopened. */
   staleAfterMs: number;
-  /** Device min/max per GPU UUID, to report CapClamped; default reads `gpu.readLimits`. */
+  /** Device min/max per GPU UUID, to report CapClamped; default: the GpuView's min/max. */
   deviceLimits?: (uuid: string) => { minMw: number; maxMw: number } | undefined;
   /** Reconnect backoff (default 500 ms → 30 s). */
   backoff?: BackoffOptions;
@@ -255,13 +255,8 @@ export class KubernetesCapSource implements CapSource {
   }
 
   #deviceLimits(view: GpuView): { minMw: number; maxMw: number } | undefined {
-    if (this.#o.deviceLimits) return this.#o.deviceLimits(view.uuid);
-    try {
-      const { minMw, maxMw } = this.#o.gpu.readLimits(view.index);
-      return { minMw, maxMw };
-    } catch {
-      return undefined;
-    }
+    // The pass already read the GPU's constraints: no second NVML read here.
+    return this.#o.deviceLimits?.(view.uuid) ?? { minMw: view.minMw, maxMw: view.maxMw };
   }
 
   #noteDecision(view: GpuView, cap: DesiredCap | null): void {

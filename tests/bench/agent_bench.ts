@@ -2,12 +2,15 @@
  * Benchmark of the running agent (file mode), spawned as a user would (`deno task agent run`):
  * - reaction latency: caps-file write → limit set on every GPU (fake NVML log timestamps), p50/p99;
  * - quiet node: NVML sets and CPU time over an idle window;
- * - RSS of the agent process (VmRSS / VmHWM), metrics server on.
+ * - RSS of the agent process (VmRSS / VmHWM), metrics server on;
+ * - Kubernetes mode (in-test API server, fake proc root): annotation change → GPU and pod
+ *   deletion → baseline latency, LIST/WATCH counts, RSS.
  * Prints figures; asserts nothing about time. Usage: deno task bench
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeFakeState, writeFakeState } from "../helpers/fake_state.ts";
 import { descendants, spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const GPUS = 8;
 const EDITS = Number(Deno.env.get("BENCH_EDITS") ?? 60);
@@ -37,7 +40,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
-if (import.meta.main) {
+async function fileModeBench(): Promise<Record<string, unknown>> {
   const lib = await buildFakeNvml();
   const dir = Deno.makeTempDirSync({ prefix: "gpa-agent-bench-" });
   const statePath = `${dir}/state.json`;
@@ -85,25 +88,109 @@ if (import.meta.main) {
     const rss = procStatus(pid, "VmRSS");
     const hwm = procStatus(pid, "VmHWM");
     const fmt = (n: number) => n.toFixed(1);
-    console.log(JSON.stringify(
-      {
-        gpus: GPUS,
-        edits: EDITS,
-        latencyMs: {
-          p50: latencies[Math.floor(latencies.length / 2)],
-          p99: percentile(latencies, 99),
-          max: latencies.at(-1),
-        },
-        idle: { seconds: idleMs / 1000, nvmlSets: idleSets, cpuSeconds: idleCpu },
-        rssMiB: Number(fmt(rss)),
-        peakRssMiB: Number(fmt(hwm)),
-        metricsBytes: scrape.length,
+    return {
+      mode: "file",
+      gpus: GPUS,
+      edits: EDITS,
+      latencyMs: {
+        p50: percentile(latencies, 50),
+        p99: percentile(latencies, 99),
+        max: latencies.at(-1),
       },
-      null,
-      2,
-    ));
+      idle: { seconds: idleMs / 1000, nvmlSets: idleSets, cpuSeconds: idleCpu },
+      rssMiB: Number(fmt(rss)),
+      peakRssMiB: Number(fmt(hwm)),
+      metricsBytes: scrape.length,
+    };
   } finally {
     agent.kill("SIGTERM");
     await agent.status();
   }
+}
+
+const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
+
+async function kubernetesModeBench(): Promise<Record<string, unknown>> {
+  const lib = await buildFakeNvml();
+  const dir = Deno.makeTempDirSync({ prefix: "gpa-k8s-bench-" });
+  const statePath = `${dir}/state.json`;
+  const logPath = `${dir}/nvml.log`;
+  const state = makeFakeState(GPUS);
+  const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
+  for (let i = 0; i < GPUS; i++) {
+    const pid = 5000 + i;
+    const uid = `00000000-0000-0000-0000-${String(i).padStart(12, "0")}`;
+    state.gpus[i].processes = [{ pid, usedGpuMemory: 1 << 30 }];
+    Deno.mkdirSync(`${dir}/proc/${pid}`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/${pid}/cgroup`, `0::/kubepods/burstable/pod${uid}/c${i}\n`);
+    api.addPod({ name: `pod-${i}`, namespace: "bench", uid, annotations: { [ANNOTATION]: "300" } });
+  }
+  writeFakeState(statePath, state);
+  const kubeconfig = await api.writeKubeconfig(dir);
+  const agent = spawnAgent([
+    "run",
+    "--source",
+    "kubernetes",
+    "--kubeconfig",
+    kubeconfig,
+    "--node-name",
+    "bench-node",
+    "--safe-default-watts",
+    "500",
+    "--proc-root",
+    `${dir}/proc`,
+    "--nvml-library",
+    lib,
+    "--state-dir",
+    `${dir}/state`,
+    "--metrics-address",
+    `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
+    "--no-events",
+    "--log-level",
+    "warning",
+  ], { env: { FAKE_NVML_STATE: statePath, FAKE_NVML_LOG: logPath } });
+  try {
+    await waitFor(() => setLines(logPath).length >= GPUS, "initial caps", 30_000);
+    const pid = descendants(agent.child.pid).at(-1)!;
+    const change: number[] = [];
+    for (let i = 1; i <= EDITS; i++) {
+      const gpu = i % GPUS;
+      const before = setLines(logPath).length;
+      const t0 = Date.now();
+      api.setAnnotation("bench", `pod-${gpu}`, ANNOTATION, String(300 + (i % 2 ? 25 : 0) + i));
+      await waitFor(() => setLines(logPath).length > before, `annotation ${i}`, 10_000);
+      change.push(Number(setLines(logPath)[before].split(" ")[0]) - t0);
+    }
+    const deletion: number[] = [];
+    for (let i = 0; i < GPUS; i++) {
+      const before = setLines(logPath).length;
+      const t0 = Date.now();
+      api.deletePod("bench", `pod-${i}`);
+      await waitFor(() => setLines(logPath).length > before, `delete ${i}`, 10_000);
+      deletion.push(Number(setLines(logPath)[before].split(" ")[0]) - t0);
+    }
+    change.sort((a, b) => a - b);
+    deletion.sort((a, b) => a - b);
+    return {
+      mode: "kubernetes",
+      gpus: GPUS,
+      annotationChangeMs: {
+        n: change.length,
+        p50: percentile(change, 50),
+        p99: percentile(change, 99),
+      },
+      podDeletionMs: { n: deletion.length, p50: percentile(deletion, 50), max: deletion.at(-1) },
+      apiRequests: { lists: api.counters.lists, watches: api.counters.watches },
+      rssMiB: Number(procStatus(pid, "VmRSS").toFixed(1)),
+      peakRssMiB: Number(procStatus(pid, "VmHWM").toFixed(1)),
+    };
+  } finally {
+    agent.kill("SIGTERM");
+    await agent.status();
+    await api.close();
+  }
+}
+
+if (import.meta.main) {
+  console.log(JSON.stringify([await fileModeBench(), await kubernetesModeBench()], null, 2));
 }

@@ -20,6 +20,8 @@ function gpu(index: number, name: string, defaultMw = 700_000): GpuView {
     name,
     pciBusId: `00000000:1${index}:00.0`,
     defaultMw,
+    minMw: 100_000,
+    maxMw: defaultMw,
   };
 }
 

@@ -15,6 +15,8 @@ const GPUS: GpuView[] = [
     name: "NVIDIA H100 80GB HBM3",
     pciBusId: "0:18:00.0",
     defaultMw: 700_000,
+    minMw: 200_000,
+    maxMw: 700_000,
   },
   {
     index: 1,
@@ -22,6 +24,8 @@ const GPUS: GpuView[] = [
     name: "NVIDIA H100 80GB HBM3",
     pciBusId: "0:2a:00.0",
     defaultMw: 700_000,
+    minMw: 200_000,
+    maxMw: 700_000,
   },
 ];
 

@@ -116,7 +116,8 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
   });
   let changes = 0;
   if (!options.noStart) await source.start(() => changes++);
-  const views = () => gpu.listGpus().map((g) => ({ ...g, defaultMw: 700_000 }));
+  const views = () =>
+    gpu.listGpus().map((g) => ({ ...g, defaultMw: 700_000, minMw: 200_000, maxMw: 700_000 }));
   return {
     server,
     source,
