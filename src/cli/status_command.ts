@@ -23,7 +23,7 @@ export function formatStatusTable(statuses: readonly GpuStatus[]): string {
     String(s.index),
     s.uuid,
     s.name,
-    formatWatts(s.drawMw),
+    formatWatts(s.drawMw === null ? null : Math.round(s.drawMw / 100) * 100), // 0.1 W
     s.error ? "error" : formatWatts(s.limitMw),
     formatWatts(s.enforcedMw),
     formatWatts(s.defaultMw),
