@@ -8,20 +8,12 @@
  * Prints figures; asserts nothing about time. Usage: deno task bench
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { makeFakeState, writeFakeState } from "../helpers/fake_state.ts";
+import { createFakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
 import { descendants, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const GPUS = 8;
 const EDITS = Number(Deno.env.get("BENCH_EDITS") ?? 60);
-
-function setLines(logPath: string): string[] {
-  try {
-    return Deno.readTextFileSync(logPath).split("\n").filter((l) => l.includes(" set "));
-  } catch {
-    return [];
-  }
-}
 
 function procStatus(pid: number, key: string): number {
   const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
@@ -42,10 +34,9 @@ function percentile(sorted: number[], p: number): number {
 
 async function fileModeBench(): Promise<Record<string, unknown>> {
   const lib = await buildFakeNvml();
-  const dir = Deno.makeTempDirSync({ prefix: "gpa-agent-bench-" });
-  const statePath = `${dir}/state.json`;
-  const logPath = `${dir}/nvml.log`;
-  writeFakeState(statePath, makeFakeState(GPUS));
+  const fake = createFakeNvmlDir(makeFakeState(GPUS));
+  const dir = fake.dir;
+  const setLines = () => fake.readLog();
   const caps = `${dir}/caps.yaml`;
   Deno.writeTextFileSync(caps, "version: 1\ndefault: {watts: 300}\n");
   const port = 19000 + Math.floor(Math.random() * 1000);
@@ -61,28 +52,28 @@ async function fileModeBench(): Promise<Record<string, unknown>> {
     `127.0.0.1:${port}`,
     "--log-level",
     "warning",
-  ], { env: { FAKE_NVML_STATE: statePath, FAKE_NVML_LOG: logPath } });
+  ], { env: fake.env });
   try {
-    await waitFor(() => setLines(logPath).length >= GPUS, "initial caps", 30_000);
+    await waitFor(() => setLines().length >= GPUS, "initial caps", 30_000);
     const pid = descendants(agent.child.pid).at(-1)!; // the agent itself (deepest process)
     const latencies: number[] = [];
     for (let i = 1; i <= EDITS; i++) {
-      const before = setLines(logPath).length;
+      const before = setLines().length;
       const watts = 300 + (i % 2 === 0 ? 0 : 50) + (i % 7);
       const t0 = Date.now();
       Deno.writeTextFileSync(caps, `version: 1\ndefault: {watts: ${watts}}\n`);
-      await waitFor(() => setLines(logPath).length >= before + GPUS, `edit ${i}`, 10_000);
-      const last = setLines(logPath).slice(before).map((l) => Number(l.split(" ")[0]));
+      await waitFor(() => setLines().length >= before + GPUS, `edit ${i}`, 10_000);
+      const last = setLines().slice(before).map((l) => Number(l.split(" ")[0]));
       latencies.push(Math.max(...last) - t0);
       await new Promise((r) => setTimeout(r, 30));
     }
     latencies.sort((a, b) => a - b);
     // Quiet node: no writes, little CPU.
-    const setsBefore = setLines(logPath).length;
+    const setsBefore = setLines().length;
     const cpu0 = cpuSeconds(pid);
     const idleMs = 5_000;
     await new Promise((r) => setTimeout(r, idleMs));
-    const idleSets = setLines(logPath).length - setsBefore;
+    const idleSets = setLines().length - setsBefore;
     const idleCpu = cpuSeconds(pid) - cpu0;
     const scrape = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     const rss = procStatus(pid, "VmRSS");
@@ -112,20 +103,21 @@ const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 
 async function kubernetesModeBench(): Promise<Record<string, unknown>> {
   const lib = await buildFakeNvml();
-  const dir = Deno.makeTempDirSync({ prefix: "gpa-k8s-bench-" });
-  const statePath = `${dir}/state.json`;
-  const logPath = `${dir}/nvml.log`;
   const state = makeFakeState(GPUS);
+  for (let i = 0; i < GPUS; i++) {
+    state.gpus[i].processes = [{ pid: 5000 + i, usedGpuMemory: 1 << 30 }];
+  }
+  const fake = createFakeNvmlDir(state);
+  const dir = fake.dir;
+  const setLines = () => fake.readLog();
   const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
   for (let i = 0; i < GPUS; i++) {
     const pid = 5000 + i;
     const uid = `00000000-0000-0000-0000-${String(i).padStart(12, "0")}`;
-    state.gpus[i].processes = [{ pid, usedGpuMemory: 1 << 30 }];
     Deno.mkdirSync(`${dir}/proc/${pid}`, { recursive: true });
     Deno.writeTextFileSync(`${dir}/proc/${pid}/cgroup`, `0::/kubepods/burstable/pod${uid}/c${i}\n`);
     api.addPod({ name: `pod-${i}`, namespace: "bench", uid, annotations: { [ANNOTATION]: "300" } });
   }
-  writeFakeState(statePath, state);
   const kubeconfig = await api.writeKubeconfig(dir);
   const agent = spawnAgent([
     "run",
@@ -148,26 +140,26 @@ async function kubernetesModeBench(): Promise<Record<string, unknown>> {
     "--no-events",
     "--log-level",
     "warning",
-  ], { env: { FAKE_NVML_STATE: statePath, FAKE_NVML_LOG: logPath } });
+  ], { env: fake.env });
   try {
-    await waitFor(() => setLines(logPath).length >= GPUS, "initial caps", 30_000);
+    await waitFor(() => setLines().length >= GPUS, "initial caps", 30_000);
     const pid = descendants(agent.child.pid).at(-1)!;
     const change: number[] = [];
     for (let i = 1; i <= EDITS; i++) {
       const gpu = i % GPUS;
-      const before = setLines(logPath).length;
+      const before = setLines().length;
       const t0 = Date.now();
       api.setAnnotation("bench", `pod-${gpu}`, ANNOTATION, String(300 + (i % 2 ? 25 : 0) + i));
-      await waitFor(() => setLines(logPath).length > before, `annotation ${i}`, 10_000);
-      change.push(Number(setLines(logPath)[before].split(" ")[0]) - t0);
+      await waitFor(() => setLines().length > before, `annotation ${i}`, 10_000);
+      change.push(Number(setLines()[before].split(" ")[0]) - t0);
     }
     const deletion: number[] = [];
     for (let i = 0; i < GPUS; i++) {
-      const before = setLines(logPath).length;
+      const before = setLines().length;
       const t0 = Date.now();
       api.deletePod("bench", `pod-${i}`);
-      await waitFor(() => setLines(logPath).length > before, `delete ${i}`, 10_000);
-      deletion.push(Number(setLines(logPath)[before].split(" ")[0]) - t0);
+      await waitFor(() => setLines().length > before, `delete ${i}`, 10_000);
+      deletion.push(Number(setLines()[before].split(" ")[0]) - t0);
     }
     change.sort((a, b) => a - b);
     deletion.sort((a, b) => a - b);

@@ -4,55 +4,49 @@
  */
 import assert from "node:assert/strict";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
+import {
+  createFakeNvmlDir,
+  type FakeNvmlDir,
+  makeGpu,
+  readFakeState,
+  updateFakeState,
+} from "../helpers/fake_state.ts";
 import { runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 
 interface Setup {
+  fake: FakeNvmlDir;
   dir: string;
   lib: string;
   statePath: string;
   capsPath: string;
   stateDir: string;
-  logPath: string;
   env: Record<string, string>;
   common: string[];
 }
 
 async function setup(caps: string, limits: number[] = [700000, 600000]): Promise<Setup> {
   const lib = await buildFakeNvml();
-  const dir = await Deno.makeTempDir({ prefix: "gpa-e2e-" });
-  const statePath = `${dir}/nvml.json`;
-  const logPath = `${dir}/nvml.log`;
-  await writeFakeState(statePath, {
+  const fake = createFakeNvmlDir({
     driverVersion: "580.159.04",
     gpus: limits.map((limitMw, i) => makeGpu(i, { limitMw })),
   });
-  const capsPath = `${dir}/caps.yaml`;
+  const capsPath = `${fake.dir}/caps.yaml`;
   await Deno.writeTextFile(capsPath, caps);
-  const stateDir = `${dir}/state`;
+  const stateDir = `${fake.dir}/state`;
   return {
-    dir,
+    fake,
+    dir: fake.dir,
     lib,
-    statePath,
+    statePath: fake.statePath,
     capsPath,
     stateDir,
-    logPath,
-    env: { FAKE_NVML_STATE: statePath, FAKE_NVML_LOG: logPath },
+    env: fake.env,
     common: ["--nvml-library", lib, "--state-dir", stateDir],
   };
 }
 
-async function limits(s: Setup): Promise<number[]> {
-  return (await readFakeState(s.statePath)).gpus.map((g) => g.limitMw);
-}
-
-async function setCount(s: Setup): Promise<number> {
-  try {
-    return (await Deno.readTextFile(s.logPath)).split("\n").filter((l) => l.includes(" set "))
-      .length;
-  } catch {
-    return 0;
-  }
+function limits(s: Setup): number[] {
+  return readFakeState(s.statePath).gpus.map((g) => g.limitMw);
 }
 
 Deno.test("run applies the caps file, follows edits, and SIGTERM restores every baseline", async () => {
@@ -64,10 +58,10 @@ Deno.test("run applies the caps file, follows edits, and SIGTERM restores every 
     { env: s.env },
   );
   try {
-    await waitFor(async () => (await limits(s)).join() === "250000,350000", "caps applied");
+    await waitFor(() => limits(s).join() === "250000,350000", "caps applied");
     // Edit the caps file: the agent follows without a restart.
     await Deno.writeTextFile(s.capsPath, "version: 1\ndefault: {watts: 300}\n");
-    await waitFor(async () => (await limits(s)).join() === "300000,300000", "edit applied");
+    await waitFor(() => limits(s).join() === "300000,300000", "edit applied");
     const journal = JSON.parse(await Deno.readTextFile(`${s.stateDir}/journal.json`));
     // Baselines are what the GPUs had before the agent, not the vendor default.
     assert.equal(journal.gpus["GPU-00000000-0000-0000-0000-000000000000"].baselineMw, 700000);
@@ -75,7 +69,7 @@ Deno.test("run applies the caps file, follows edits, and SIGTERM restores every 
     agent.kill("SIGTERM");
     const status = await agent.status();
     assert.equal(status.code, 0, agent.output());
-    assert.deepEqual(await limits(s), [700000, 600000]);
+    assert.deepEqual(limits(s), [700000, 600000]);
   } finally {
     agent.killTree("SIGKILL");
     await agent.status();
@@ -89,18 +83,16 @@ Deno.test("drift is corrected and SIGHUP reloads the caps file", async () => {
     { env: s.env },
   );
   try {
-    await waitFor(async () => (await limits(s)).join() === "400000,400000", "caps applied");
+    await waitFor(() => limits(s).join() === "400000,400000", "caps applied");
     // Someone runs `nvidia-smi -pl 650` on GPU 1.
-    const state = await readFakeState(s.statePath);
-    state.gpus[1].limitMw = 650000;
-    await writeFakeState(s.statePath, state);
-    await waitFor(async () => (await limits(s))[1] === 400000, "drift corrected");
+    updateFakeState(s.statePath, (state) => state.gpus[1].limitMw = 650000);
+    await waitFor(() => limits(s)[1] === 400000, "drift corrected");
     await agent.waitForOutput(/drift/i);
     agent.kill("SIGHUP");
     await agent.waitForOutput(/SIGHUP/);
     agent.kill("SIGTERM");
     assert.equal((await agent.status()).code, 0, agent.output());
-    assert.deepEqual(await limits(s), [700000, 600000]);
+    assert.deepEqual(limits(s), [700000, 600000]);
   } finally {
     agent.killTree("SIGKILL");
     await agent.status();
@@ -113,14 +105,14 @@ Deno.test("after kill -9, `restore` puts every GPU back; a new run also recovers
     ["run", "--caps-file", s.capsPath, "--metrics-address", "off", ...s.common],
     { env: s.env },
   );
-  await waitFor(async () => (await limits(s)).join() === "250000,250000", "caps applied");
+  await waitFor(() => limits(s).join() === "250000,250000", "caps applied");
   agent.killTree("SIGKILL");
   await agent.status();
-  assert.deepEqual(await limits(s), [250000, 250000], "a killed agent cannot restore");
+  assert.deepEqual(limits(s), [250000, 250000], "a killed agent cannot restore");
 
   const restored = await runAgent(["restore", ...s.common], { env: s.env });
   assert.equal(restored.code, 0, restored.stderr);
-  assert.deepEqual(await limits(s), [700000, 600000]);
+  assert.deepEqual(limits(s), [700000, 600000]);
 
   // Crash recovery by a new run: caps applied, killed, then a run whose file asks for nothing.
   const again = await runAgent(
@@ -128,14 +120,14 @@ Deno.test("after kill -9, `restore` puts every GPU back; a new run also recovers
     { env: s.env },
   );
   assert.equal(again.code, 0, again.stderr);
-  assert.deepEqual(await limits(s), [250000, 250000]);
+  assert.deepEqual(limits(s), [250000, 250000]);
   await Deno.writeTextFile(s.capsPath, "version: 1\n");
   const recover = await runAgent(
     ["run", "--once", "--caps-file", s.capsPath, "--metrics-address", "off", ...s.common],
     { env: s.env },
   );
   assert.equal(recover.code, 0, recover.stderr);
-  assert.deepEqual(await limits(s), [700000, 600000]);
+  assert.deepEqual(limits(s), [700000, 600000]);
 });
 
 Deno.test("an invalid caps file at start exits 2 and touches no GPU", async () => {
@@ -144,8 +136,8 @@ Deno.test("an invalid caps file at start exits 2 and touches no GPU", async () =
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /caps\.yaml/);
   assert.match(r.stderr, /gpus\[0\]\.watts/);
-  assert.equal(await setCount(s), 0);
-  assert.deepEqual(await limits(s), [700000, 600000]);
+  assert.equal(s.fake.readLog().length, 0);
+  assert.deepEqual(limits(s), [700000, 600000]);
 });
 
 Deno.test("a missing NVML library exits 3 with an actionable message", async () => {
@@ -170,7 +162,7 @@ Deno.test("status --json and check report the host's GPUs", async () => {
   const check = await runAgent(["check", "--caps-file", s.capsPath, ...s.common], { env: s.env });
   assert.equal(check.code, 0, check.stderr);
   assert.match(check.stdout, /GPU 0 .*→ 700 W .*clamped down/);
-  assert.equal(await setCount(s), 0, "check never sets a limit");
+  assert.equal(s.fake.readLog().length, 0, "check never sets a limit");
 
   const table = await runAgent(["status", ...s.common], { env: s.env });
   assert.equal(table.code, 0, table.stderr);
