@@ -76,6 +76,7 @@ class RecordingTelemetry implements Telemetry {
   safeDefaultApplied(): void {}
   reconcileCompleted(): void {}
   reactionLatency(): void {}
+  budgetAllocated(): void {}
 }
 
 /** The system clock, counting the timers scheduled and fired. */
