@@ -98,7 +98,7 @@ export function allocateBudget(
   if (!Number.isSafeInteger(budgetMw) || budgetMw <= 0) {
     throw new RangeError(`Invalid node power budget ${budgetMw} mW: expected an integer > 0`);
   }
-  const sorted = [...gpus].sort((a, b) => (a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0));
+  const sorted = [...gpus].sort(compareUuid);
   for (let i = 0; i < sorted.length; i++) {
     validate(sorted[i]);
     if (i > 0 && sorted[i].uuid === sorted[i - 1].uuid) {
@@ -173,6 +173,11 @@ export function allocateBudget(
       toMw: s.capMw as number,
     })),
   };
+}
+
+/** Order by UUID (code-unit order): the budget's one tie-breaker. */
+export function compareUuid(a: { uuid: string }, b: { uuid: string }): number {
+  return a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0;
 }
 
 function validate(gpu: BudgetGpu): void {

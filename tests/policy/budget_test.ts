@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { allocateBudget, type BudgetGpu } from "../../src/policy/budget.ts";
+import { seededRandom } from "../helpers/seeded_random.ts";
 
 const W = 1000;
 
@@ -154,17 +155,6 @@ Deno.test("invalid input throws RangeError naming the problem", () => {
 // ---------------------------------------------------------------------------------------------
 // Properties over random inputs (seeded: failures reproduce).
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function randomNode(random: () => number): BudgetGpu[] {
   const int = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
   const n = int(0, 10);
@@ -183,7 +173,7 @@ function randomNode(random: () => number): BudgetGpu[] {
 }
 
 Deno.test("property: caps within [min, want], Σ ≤ budget whenever it can be, exact bookkeeping", () => {
-  const random = mulberry32(12);
+  const random = seededRandom(12);
   for (let run = 0; run < 2000; run++) {
     const gpus = randomNode(random);
     const budgetMw = 1 + Math.floor(random() * 8_000_000);
@@ -218,7 +208,7 @@ Deno.test("property: caps within [min, want], Σ ≤ budget whenever it can be, 
 });
 
 Deno.test("property: monotone in the budget (total exactly, each cap up to 1 mW of rounding)", () => {
-  const random = mulberry32(8);
+  const random = seededRandom(8);
   for (let run = 0; run < 500; run++) {
     const gpus = randomNode(random);
     let previous = allocateBudget(gpus, { budgetMw: 1 });
@@ -237,7 +227,7 @@ Deno.test("property: monotone in the budget (total exactly, each cap up to 1 mW 
 });
 
 Deno.test("property: raising the budget back restores the wanted caps", () => {
-  const random = mulberry32(3);
+  const random = seededRandom(3);
   for (let run = 0; run < 300; run++) {
     const gpus = randomNode(random);
     const generous = allocateBudget(gpus, { budgetMw: 20_000_000 });
