@@ -37,7 +37,7 @@ Deno.test("the chart's command spec rebuilds the container command of the defini
       ];
       return all.length > 0 ? [`${flag}=${all.join(",")}`] : [];
     }),
-    spec.mainModule,
+    ...spec.tail,
   ];
   deepStrictEqual(build(9402, []), containerCommand({ apiServer: KUBELET_API_SERVER }));
   const withPolicy = containerCommand({

@@ -86,7 +86,7 @@ the metrics listener on metrics.port, and the grants of each enabled feature.
 {{- $command = append $command (printf "%s=%s" $grant.flag (join "," $values)) }}
 {{- end }}
 {{- end }}
-{{- toYaml (append $command $spec.mainModule) }}
+{{- toYaml (concat $command $spec.tail) }}
 {{- end }}
 
 {{/* The agent's arguments. Flags of later agent versions only when their value is not the default. */}}
