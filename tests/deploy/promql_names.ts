@@ -12,9 +12,6 @@
  */
 export const METRICS_PENDING_MERGE: Readonly<Record<string, string>> = {
   gpu_power_agent_gpu_enforced: "issue 8",
-  gpu_power_agent_node_power_budget_watts: "issue 12",
-  gpu_power_agent_node_power_allocated_watts: "issue 12",
-  gpu_power_agent_node_power_over_budget: "issue 12",
 };
 
 /** Metrics of other exporters the alert rules rely on (documented in the rules file). */
