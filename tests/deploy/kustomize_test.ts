@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
 import { containerCommand, KUBELET_API_SERVER } from "../../src/permissions/manifests.ts";
 import { CONTAINER_LAYOUT } from "../../src/permissions/layouts.ts";
+import { DEFAULT_POD_RESOURCES_SOCKET } from "../../src/sources/pod_resources.ts";
 
 const KUBE_DIR = fileURLToPath(new URL("../../deploy/kubernetes/", import.meta.url));
 const KUSTOMIZATIONS = [
@@ -15,6 +16,7 @@ const KUSTOMIZATIONS = [
   "overlays/namespace-restricted",
   "overlays/privileged",
   "overlays/podmonitor",
+  "overlays/pod-resources",
 ] as const;
 
 // deno-lint-ignore no-explicit-any
@@ -80,7 +82,23 @@ function checkDaemonSet(objects: Obj[], name: string): void {
     name,
   );
   equal(spec.runtimeClassName, "nvidia", name);
-  equal(spec.hostPID, true, `${name}: NVML reports only PIDs of the caller's PID namespace`);
+  const mapping = argValue(args, "--pod-gpu-mapping") ?? "auto";
+  const socket = argValue(args, "--pod-resources-socket") ?? DEFAULT_POD_RESOURCES_SOCKET;
+  if (mapping === "pod-resources") {
+    equal(spec.hostPID, undefined, `${name}: PodResources mapping needs no hostPID`);
+    // The socket's directory from the host, read-only (a kubelet restart re-creates the socket).
+    const socketMount = agent.volumeMounts.find((m: Obj) =>
+      m.mountPath === socket.slice(0, socket.lastIndexOf("/"))
+    );
+    ok(socketMount, `${name}: the PodResources socket directory is not mounted`);
+    equal(socketMount.readOnly, true, `${name}: mount the PodResources directory read-only`);
+    deepStrictEqual(
+      spec.volumes.find((v: Obj) => v.name === socketMount.name).hostPath,
+      { path: socketMount.mountPath, type: "Directory" },
+    );
+  } else {
+    equal(spec.hostPID, true, `${name}: NVML reports only PIDs of the caller's PID namespace`);
+  }
   equal(env.NVIDIA_VISIBLE_DEVICES, "all");
   equal(env.NVIDIA_DRIVER_CAPABILITIES, "utility");
   equal(env.NODE_NAME, "spec.nodeName");
@@ -102,6 +120,7 @@ function checkDaemonSet(objects: Obj[], name: string): void {
       metricsAddress: argValue(args, "--metrics-address"),
       procRoot: argValue(args, "--proc-root"),
       stateDir,
+      podResourcesSocket: mapping === "pod-resources" ? socket : undefined,
     }),
     `${name}: container command does not match the kubernetes permission set`,
   );
