@@ -5,7 +5,7 @@
  * or MIG device UUIDs (see `pod_resources_devices.ts` for the mapping to GPUs).
  *
  * Transport: `grpc_unary.ts` (node:http2 + gRPC framing, one session per call); codec:
- * `pod_resources_proto.ts` (protobufjs reflection). Every call has a deadline and a bound on the
+ * `pod_resources_proto.ts` (the few messages used, written for this project; see there why). Every call has a deadline and a bound on the
  * answer's size, and every failure is a {@linkcode PodResourcesError} that says what to do.
  *
  * Permissions: reading the socket needs `--allow-read` and `--allow-write` on the socket path and
@@ -24,11 +24,12 @@ import {
 } from "./grpc_unary.ts";
 import {
   type ContainerDevicesMessage,
-  decodePodResourcesMessage,
-  encodePodResourcesMessage,
+  decodeAllocatableResourcesResponse,
+  decodeGetPodResourcesResponse,
+  decodeListPodResourcesResponse,
+  encodeGetPodResourcesRequest,
   POD_RESOURCES_METHODS,
   type PodResourcesMessage,
-  type PodResourcesMessages,
 } from "./pod_resources_proto.ts";
 
 /** Where the kubelet serves the PodResources API. */
@@ -155,20 +156,15 @@ export function createPodResourcesClient(
     maxResponseBytes: options.maxResponseBytes ?? DEFAULT_GRPC_MAX_RESPONSE_BYTES,
   };
 
-  async function call<Q extends keyof PodResourcesMessages, A extends keyof PodResourcesMessages>(
+  async function call<T>(
     method: keyof typeof POD_RESOURCES_METHODS,
-    request: [Q, PodResourcesMessages[Q]],
-    answer: A,
-  ): Promise<PodResourcesMessages[A]> {
+    request: Uint8Array,
+    decode: (bytes: Uint8Array) => T,
+  ): Promise<T> {
     const name = POD_RESOURCES_METHODS[method].split("/").at(-1)!;
     let bytes: Uint8Array;
     try {
-      bytes = await grpcUnaryCall(
-        socketPath,
-        POD_RESOURCES_METHODS[method],
-        encodePodResourcesMessage(request[0], request[1]),
-        callOptions,
-      );
+      bytes = await grpcUnaryCall(socketPath, POD_RESOURCES_METHODS[method], request, callOptions);
     } catch (error) {
       if (!(error instanceof GrpcCallError)) throw error;
       throw new PodResourcesError(name, socketPath, {
@@ -178,40 +174,28 @@ export function createPodResourcesClient(
       }, error);
     }
     try {
-      return decodePodResourcesMessage(answer, bytes);
+      return decode(bytes);
     } catch (error) {
       throw new PodResourcesError(name, socketPath, {
         failure: "decode",
-        detail: `undecodable ${answer}: ${(error as Error).message}`,
+        detail: `undecodable answer: ${(error as Error).message}`,
       }, error);
     }
   }
 
+  const empty = new Uint8Array(0);
   return {
     socketPath,
     async list() {
-      const answer = await call(
-        "list",
-        ["ListPodResourcesRequest", {}],
-        "ListPodResourcesResponse",
-      );
-      return answer.podResources.map(podOf);
+      return (await call("list", empty, decodeListPodResourcesResponse)).map(podOf);
     },
     async get(namespace, name) {
-      const answer = await call(
-        "get",
-        ["GetPodResourcesRequest", { podName: name, podNamespace: namespace }],
-        "GetPodResourcesResponse",
-      );
-      return answer.podResources ? podOf(answer.podResources) : null;
+      const request = encodeGetPodResourcesRequest(name, namespace);
+      const pod = await call("get", request, decodeGetPodResourcesResponse);
+      return pod ? podOf(pod) : null;
     },
     async allocatable() {
-      const answer = await call(
-        "allocatable",
-        ["AllocatableResourcesRequest", {}],
-        "AllocatableResourcesResponse",
-      );
-      return devicesOf(answer.devices);
+      return devicesOf(await call("allocatable", empty, decodeAllocatableResourcesResponse));
     },
   };
 }

@@ -13,10 +13,8 @@
 
 import { fileURLToPath } from "node:url";
 import { Buffer } from "node:buffer";
-import {
-  encodePodResourcesMessage,
-  POD_RESOURCES_METHODS,
-} from "../../src/sources/pod_resources_proto.ts";
+import { POD_RESOURCES_METHODS } from "../../src/sources/pod_resources_proto.ts";
+import { encodeWithProtobufjs, type PodResourcesMessageName } from "./pod_resources_protobufjs.ts";
 import type { DeviceAllocation, PodAllocation } from "../../src/sources/pod_resources.ts";
 
 const encodeBase64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
@@ -125,25 +123,30 @@ export class KubeletPodResourcesServer {
   }
 
   async #sendAnswers(): Promise<void> {
-    const body = <K extends Parameters<typeof encodePodResourcesMessage>[0]>(
-      name: K,
-      message: Parameters<typeof encodePodResourcesMessage<K>>[1],
-    ): Answer => ({ body: encodeBase64(encodePodResourcesMessage(name, message)) });
+    const body = (name: PodResourcesMessageName, message: Record<string, unknown>): Answer => ({
+      body: encodeBase64(encodeWithProtobufjs(name, message)),
+    });
     const answers: Record<string, Answer> = {
-      [POD_RESOURCES_METHODS.list]: body("ListPodResourcesResponse", { podResources: this.#pods }),
+      [POD_RESOURCES_METHODS.list]: body("ListPodResourcesResponse", {
+        podResources: this.#pods.map(withUnreadFields),
+      }),
       [POD_RESOURCES_METHODS.allocatable]: body("AllocatableResourcesResponse", {
         devices: this.#allocatable,
+        cpuIds: [0, 1, 2, 3],
+        memory: [{ memoryType: "memory", size: 2 ** 40 }],
       }),
       // The kubelet answers Get of an unknown pod with an error (gRPC UNKNOWN).
       [POD_RESOURCES_METHODS.get]: { status: 2, message: "pod not found" },
     };
     const get: Record<string, Answer> = {};
     for (const pod of this.#pods) {
-      const request = encodePodResourcesMessage("GetPodResourcesRequest", {
+      const request = encodeWithProtobufjs("GetPodResourcesRequest", {
         podName: pod.name,
         podNamespace: pod.namespace,
       });
-      get[encodeBase64(request)] = body("GetPodResourcesResponse", { podResources: pod });
+      get[encodeBase64(request)] = body("GetPodResourcesResponse", {
+        podResources: withUnreadFields(pod),
+      });
     }
     const keyed: Record<string, Record<string, Answer>> = { [POD_RESOURCES_METHODS.get]: get };
     for (const [method, failure] of this.#failures) {
@@ -162,6 +165,24 @@ export class KubeletPodResourcesServer {
     if (answer.ok !== true) throw new Error(`test kubelet: ${answer.error}`);
     return answer;
   }
+}
+
+/** A pod as a newer kubelet sends it: with CPU ids, memory, topology the agent skips. */
+function withUnreadFields(pod: PodAllocation): Record<string, unknown> {
+  return {
+    ...pod,
+    cpuIds: [4, 5],
+    memory: [{ memoryType: "hugepages-2Mi", size: 2 ** 33, topology: { nodes: [{ ID: 1 }] } }],
+    containers: pod.containers.map((container) => ({
+      ...container,
+      cpuIds: [4, 2 ** 40],
+      devices: container.devices.map((devices) => ({
+        ...devices,
+        topology: { nodes: [{ ID: 0 }, { ID: 1 }] },
+      })),
+      dynamicResources: [{ claimName: "claim", claimNamespace: pod.namespace }],
+    })),
+  };
 }
 
 async function* linesOf(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
