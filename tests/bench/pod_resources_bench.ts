@@ -2,8 +2,8 @@
  * Benchmark of the PodResources client against the in-test kubelet (Node child process):
  * - cost of one `List` with N pods on the node: answer bytes, wall ms p50/p99, CPU ms of the
  *   agent-side process per List (utime + stime over many Lists);
- * - RSS a child Deno process adds by loading and using the client (node:http2 + protobufjs),
- *   against an idle one;
+ * - RSS a child Deno process adds by loading and using the client (node:http2 + the codec),
+ *   against an idle one (both have loaded this module's imports);
  * - kubelet restarts with a call in flight (GOAWAY, then connection reset), counted.
  * Prints figures; asserts nothing about time. Usage:
  * `deno run -A tests/bench/pod_resources_bench.ts` (part of `deno task bench`).
@@ -111,7 +111,7 @@ async function rss(): Promise<void> {
   const used = await run("client");
   console.log(
     `RSS of a Deno process: idle ${idle.rss.toFixed(1)} MiB (HWM ${idle.hwm.toFixed(1)}), ` +
-      `after ${LISTS} Lists of 110 pods with node:http2 + protobufjs ${used.rss.toFixed(1)} MiB ` +
+      `after ${LISTS} Lists of 110 pods (node:http2 + codec + garbage) ${used.rss.toFixed(1)} MiB ` +
       `(HWM ${used.hwm.toFixed(1)}): +${(used.hwm - idle.hwm).toFixed(1)} MiB`,
   );
 }
