@@ -111,7 +111,9 @@ async function rss(): Promise<void> {
   const used = await run("client");
   console.log(
     `RSS of a Deno process: idle ${idle.rss.toFixed(1)} MiB (HWM ${idle.hwm.toFixed(1)}), ` +
-      `after ${LISTS} Lists of 110 pods (node:http2 + codec + garbage) ${used.rss.toFixed(1)} MiB ` +
+      `after ${LISTS} Lists of 110 pods (node:http2 + codec + garbage) ${
+        used.rss.toFixed(1)
+      } MiB ` +
       `(HWM ${used.hwm.toFixed(1)}): +${(used.hwm - idle.hwm).toFixed(1)} MiB`,
   );
 }
