@@ -140,15 +140,10 @@ Deno.test("kubernetes mode: API server from the kubeconfig and from the in-clust
         users: [{ name: "u", user: { token: "t" } }],
       }),
     );
-    const p = await plan([
-      "run",
-      "--source",
-      "kubernetes",
-      "--kubeconfig",
-      `${dir}/kubeconfig`,
-      "--nvml-library",
-      LIB,
-    ], { vars: { KUBERNETES_SERVICE_HOST: "10.96.0.1", KUBERNETES_SERVICE_PORT: "443" } });
+    const argv = ["run", "--source", "kubernetes", "--kubeconfig", `${dir}/kubeconfig`];
+    const p = await plan([...argv, "--nvml-library", LIB], {
+      vars: { KUBERNETES_SERVICE_HOST: "10.96.0.1", KUBERNETES_SERVICE_PORT: "443" },
+    });
     equal(p.mode, "kubernetes");
     deepStrictEqual(p.permissions.net, [
       "127.0.0.1:9402",
@@ -164,11 +159,7 @@ Deno.test("kubernetes mode: API server from the kubeconfig and from the in-clust
     ok(p.permissions.env.includes("KUBERNETES_SERVICE_HOST"));
 
     const processes = await plan([
-      "run",
-      "--source",
-      "kubernetes",
-      "--kubeconfig",
-      `${dir}/kubeconfig`,
+      ...argv,
       "--pod-gpu-mapping",
       "processes",
       "--nvml-library",
