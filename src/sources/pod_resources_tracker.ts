@@ -230,7 +230,12 @@ export class PodResourcesTracker {
     if (next !== this.#fingerprint) {
       this.#fingerprint = next;
       this.#allocations = Object.freeze(allocations);
-      this.#onChange(this.#allocations);
+      try {
+        this.#onChange(this.#allocations);
+      } catch (error) {
+        // A listener's bug must not stop the Lists (nor reject a refresh).
+        this.#logger.error("Pod resources listener failed: {error}", { error });
+      }
     }
     return true;
   }

@@ -174,3 +174,21 @@ Deno.test("against the test kubelet: restart, refusal and hang freeze; then it r
   assert.equal(tracker.health().problem, null);
   tracker.stop();
 });
+
+Deno.test("a throwing onChange listener neither rejects a refresh nor stops the tracker", async () => {
+  const client = new ScriptedClient();
+  let calls = 0;
+  const tracker = new PodResourcesTracker(client, {
+    ...FAST,
+    onChange: () => {
+      calls++;
+      throw new Error("listener bug");
+    },
+  });
+  assert.equal(await tracker.start(), true);
+  client.answer = [gpuPod("ml", "a", [GPU0])];
+  assert.equal(await tracker.refresh(), true);
+  assert.equal(calls, 2);
+  assert.equal(tracker.allocations().length, 1);
+  tracker.stop();
+});
