@@ -21,6 +21,8 @@ function status(index: number, overrides: Partial<GpuStatus> = {}): GpuStatus {
     desiredMw: 250_000,
     desiredReason: "caps file default",
     desiredKind: "file",
+    supported: true,
+    enforced: true,
     ...overrides,
   };
 }

@@ -1,6 +1,6 @@
 /** Test doubles for reconcile tests: manual clock, scripted cap source, recording telemetry, log capture. */
 import { configureSync, type LogRecord, resetSync } from "@logtape/logtape";
-import type { Clock } from "../../src/reconcile/clock.ts";
+import type { Clock } from "../../src/clock.ts";
 import type {
   CapSource,
   DesiredCap,

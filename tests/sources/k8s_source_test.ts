@@ -17,7 +17,13 @@ Deno.test("k8s source: null before start, then initial sync → caps on the pod'
   assert.ok(changes >= 1, "first sync triggers a pass");
   const desired = f.source.desired(f.views())!;
   assert.deepEqual([...desired.keys()], [GPU0]);
-  assert.deepEqual(desired.get(GPU0), { mw: 250_000, reason: "pod ml/llm-0", kind: "pod" });
+  assert.deepEqual(desired.get(GPU0), {
+    mw: 250_000,
+    reason: "pod ml/llm-0",
+    kind: "pod",
+    pods: [{ namespace: "ml", name: "llm-0", uid: pod.metadata.uid }],
+    askedMw: 250_000,
+  });
 
   const list = f.server.requests.find((r) => r.kind === "list")!;
   assert.equal(list.path, "/api/v1/pods");
@@ -108,8 +114,10 @@ Deno.test("k8s source: shared GPU — conflict and unannotated co-tenant fail cl
   const desired = f.source.desired(f.views())!;
   assert.equal(desired.get(GPU0)?.kind, "safe-default");
   assert.equal(desired.get(GPU0)?.mw, SAFE_MW);
-  f.source.desired(f.views());
-  assert.equal(f.telemetry.count("safeDefaultApplied"), 1, "counted on change, not per pass");
+  assert.equal(f.telemetry.count("safeDefaultApplied"), 0, "a decision is not an application");
+  f.caps();
+  f.caps();
+  assert.equal(f.telemetry.count("safeDefaultApplied"), 1, "counted when set, not per pass");
 
   f.server.setAnnotation("ml", "b", KEY, "250");
   await waitFor(() => f.caps()[GPU0] === 250_000, "agreement → value");
