@@ -233,3 +233,79 @@ Deno.test("runOnce: one pass, no timers, startup restore reason", () => {
   assert.equal(t.clock.pending, 0);
   assert.equal(t.loop.passCount, 1);
 });
+
+Deno.test("enforcement: a failing set is unenforced since its first failure, recovers by itself", () => {
+  using t = setup({ backoff: { initialMs: 1000, maxMs: 1000 } });
+  t.gpu.failOn(0, "setLimit", "NO_PERMISSION");
+  const startMs = t.clock.now();
+  t.loop.start();
+  let e = t.loop.enforcement();
+  assert.equal(e.reconciledMs, startMs);
+  assert.equal(e.unenforced.length, 1);
+  assert.equal(e.unenforced[0].uuid, U0);
+  assert.equal(e.unenforced[0].sinceMs, startMs);
+  assert.match(e.unenforced[0].error, /NO_PERMISSION/);
+  assert.equal(t.loop.outcomeOf(U0)?.enforced, false);
+  assert.equal(
+    t.loop.outcomeOf(U1)?.enforced,
+    true,
+    "unmanaged GPU: nothing wanted, nothing missing",
+  );
+  assert.equal(t.loop.lastReport?.ok, false);
+  assert.equal(t.loop.lastSuccessMs, null, "metrics' last success and readiness agree");
+  t.clock.advance(INTERVAL);
+  e = t.loop.enforcement();
+  assert.equal(e.unenforced[0].sinceMs, startMs, "since the first failure, not the last");
+  t.gpu.clearFailures();
+  t.clock.advance(INTERVAL);
+  assert.deepEqual(t.loop.enforcement().unenforced, []);
+  assert.equal(t.loop.outcomeOf(U0)?.enforced, true);
+  assert.ok(t.loop.lastSuccessMs !== null);
+  t.loop.stop();
+});
+
+Deno.test("enforcement: unsupported GPUs are never unenforced; a wanted GPU that vanishes is", () => {
+  using t = setup();
+  t.source.caps = caps([U0, 250], [U1, 300]);
+  t.gpu.failOn(1, "readLimits", "NOT_SUPPORTED");
+  t.loop.start();
+  assert.equal(t.loop.lastReport?.gpus[1].action, "unsupported");
+  assert.equal(t.loop.lastReport?.ok, true, "an unsupported GPU does not fail the pass");
+  assert.equal(t.loop.isUnsupported(U1), true);
+  assert.deepEqual(t.loop.enforcement().unenforced, []);
+  t.gpu.removeGpu(0);
+  t.clock.advance(INTERVAL);
+  const lost = t.loop.enforcement().unenforced;
+  assert.deepEqual(lost.map((u) => u.uuid), [U0]);
+  assert.match(lost[0].error, /lost/);
+  t.loop.stop();
+});
+
+Deno.test("dry run: the plan is printed once per change, nothing written, the source hears nothing", () => {
+  const printed: string[][] = [];
+  using t = setup({ dryRun: true, printPlan: (lines) => printed.push(lines) });
+  t.loop.start();
+  t.clock.advance(INTERVAL * 3);
+  assert.equal(printed.length, 1, "same plan: printed once");
+  assert.match(printed[0][0], /GPU 0 .*: would set 700 W → 250 W \(test 250 W\)/);
+  assert.equal(t.gpu.calls.setLimit, 0);
+  assert.equal(t.journal.saveCount, 0);
+  assert.deepEqual(t.source.reported, []);
+  t.source.caps = caps([U0, 300]);
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(printed.length, 2);
+  t.loop.stop();
+});
+
+Deno.test("source throwing: telemetry and the report agree the pass failed", () => {
+  using t = setup();
+  t.source.desired = () => {
+    throw new Error("boom");
+  };
+  const report = t.loop.start();
+  assert.equal(report.ok, false);
+  assert.match(report.error!, /boom/);
+  assert.deepEqual(t.telemetry.completed.map((c) => c.ok), [false]);
+  t.loop.stop();
+});
