@@ -163,6 +163,9 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     try {
       return loop.runOnce().ok ? EXIT.ok : EXIT.failure;
     } finally {
+      // Events about this pass's outcomes are sent before the source stops.
+      const flush = (source as { flushEvents?: () => Promise<void> }).flushEvents;
+      if (flush) await bounded(flush.call(source), SHUTDOWN_STEP_MS);
       await source.stop();
       gpu.close();
     }
