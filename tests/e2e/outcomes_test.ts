@@ -186,7 +186,7 @@ Deno.test("--dry-run posts no Event and writes nothing; its printed plan is what
   const dry = spawnAgent(s.args(["--dry-run"]), { env: s.fake.env });
   let plan: string[];
   try {
-    await dry.waitForOutput(/dry run: plan at [^\n]*\n(?:  GPU[^\n]*\n){3}/);
+    await dry.waitForOutput(/dry run: plan at [^\n]*\n(?: {2}GPU[^\n]*\n){3}/);
     plan = dry.output().split("\n").filter((l) => l.startsWith("  GPU")).slice(0, 3);
     // Several passes later: still nothing written, nothing posted.
     await waitFor(async () => (await http(s.port)("/readyz")).status === 200, "dry run ready");
