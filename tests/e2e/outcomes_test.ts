@@ -12,7 +12,13 @@ import {
   readFakeState,
   updateFakeState,
 } from "../helpers/fake_state.ts";
-import { type AgentProcess, runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import {
+  type AgentProcess,
+  kubernetesRunArgs,
+  runAgent,
+  spawnAgent,
+  waitFor,
+} from "../helpers/agent_process.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import { sampleValue } from "../metrics/exposition.ts";
 
@@ -51,17 +57,7 @@ async function k8sSetup(fail?: Record<string, number>) {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const common = ["--nvml-library", lib, "--state-dir", `${fake.dir}/state`];
   const args = (extra: string[] = []) => [
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "gpu-node-1",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    proc,
+    ...kubernetesRunArgs({ kubeconfig: kubeconfig, nodeName: "gpu-node-1", procRoot: proc }),
     "--metrics-address",
     `127.0.0.1:${port}`,
     "--interval",
