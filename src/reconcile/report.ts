@@ -148,8 +148,8 @@ export function summarize(report: PassReport): void {
 
 /** One human line describing an outcome. */
 export function describeOutcome(g: GpuOutcome, dryRun: boolean): string {
-  const from = formatWatts(g.fromMw).replace("-", "?");
-  const to = formatWatts(g.toMw).replace("-", "?");
+  const from = g.fromMw === null ? "?" : formatWatts(g.fromMw);
+  const to = g.toMw === null ? "?" : formatWatts(g.toMw);
   const why = g.reason ? ` (${reasonWithClamp(g)})` : "";
   const would = dryRun ? "would set " : "";
   switch (g.action) {
