@@ -12,7 +12,7 @@ export const SYSTEMD_LAYOUT = Object.freeze({
   binary: "/usr/local/bin/gpu-power-agent",
   /** The unit file. */
   unit: "/etc/systemd/system/gpu-power-agent.service",
-  /** `ConfigurationDirectory=gpu-power-agent`. */
+  /** Created by install.sh; read-only for the agent (no `ConfigurationDirectory=`, which would make it writable). */
   configDir: "/etc/gpu-power-agent",
   /** The caps file the unit passes with `--caps-file`. */
   capsFile: "/etc/gpu-power-agent/caps.yaml",

@@ -64,6 +64,10 @@ const PODS_AND_EVENTS = [
   { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
 ];
 
+/** The node power budget annotation needs read access to the (cluster-scoped) nodes. */
+const NODES_READ = [{ apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"] }];
+const NODES_ROLE = "gpu-power-agent-nodes";
+
 function checkDaemonSet(objects: Obj[], name: string): void {
   const ds = only(objects, "DaemonSet");
   const spec = ds.spec.template.spec;
@@ -142,25 +146,35 @@ Deno.test("RBAC scope and --namespace agree in every kustomization", async () =>
     const args: string[] = only(objects, "DaemonSet").spec.template.spec.containers[0].args;
     const namespace = argValue(args, "--namespace");
     const sa = only(objects, "ServiceAccount");
-    const roles = objects.filter((o) => o.kind === "Role" || o.kind === "ClusterRole");
-    const bindings = objects.filter((o) =>
+    const isNodes = (o: Obj) => o.metadata.name === NODES_ROLE;
+    const allRoles = objects.filter((o) => o.kind === "Role" || o.kind === "ClusterRole");
+    const allBindings = objects.filter((o) =>
       o.kind === "RoleBinding" || o.kind === "ClusterRoleBinding"
     );
+    const roles = allRoles.filter((o) => !isNodes(o));
+    const bindings = allBindings.filter((o) => !isNodes(o));
     equal(roles.length, 1, name);
     equal(bindings.length, 1, name);
     const [role] = roles;
     const [binding] = bindings;
     deepStrictEqual(role.rules, PODS_AND_EVENTS, `${name}: pods read + events write, nothing else`);
-    deepStrictEqual(binding.roleRef, {
-      apiGroup: "rbac.authorization.k8s.io",
-      kind: role.kind,
-      name: role.metadata.name,
-    });
-    deepStrictEqual(binding.subjects, [{
-      kind: "ServiceAccount",
-      name: sa.metadata.name,
-      namespace: sa.metadata.namespace,
-    }]);
+    // Nodes are cluster-scoped: every kustomization, the namespace-restricted one included,
+    // keeps the small ClusterRole that reads them (the node power budget annotation).
+    const nodesRole = only(allRoles.filter(isNodes), "ClusterRole");
+    const nodesBinding = only(allBindings.filter(isNodes), "ClusterRoleBinding");
+    deepStrictEqual(nodesRole.rules, NODES_READ, `${name}: nodes read, nothing else`);
+    for (const [r, b] of [[role, binding], [nodesRole, nodesBinding]]) {
+      deepStrictEqual(b.roleRef, {
+        apiGroup: "rbac.authorization.k8s.io",
+        kind: r.kind,
+        name: r.metadata.name,
+      });
+      deepStrictEqual(b.subjects, [{
+        kind: "ServiceAccount",
+        name: sa.metadata.name,
+        namespace: sa.metadata.namespace,
+      }]);
+    }
     equal(
       only(objects, "DaemonSet").spec.template.spec.serviceAccountName,
       sa.metadata.name,
