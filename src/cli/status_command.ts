@@ -29,7 +29,7 @@ export function formatStatusTable(statuses: readonly GpuStatus[]): string {
     s.error ? "error" : formatWatts(s.limitMw),
     formatWatts(s.enforcedMw),
     formatWatts(s.defaultMw),
-    s.error ? "-" : `${formatWatts(s.minMw)}-${formatWatts(s.maxMw)}`,
+    s.error || !s.supported ? "-" : `${formatWatts(s.minMw)}-${formatWatts(s.maxMw)}`,
     !s.supported
       ? "unsupported"
       : s.managed
