@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { loadJournal } from "../../src/state/journal.ts";
 import { ReconcileLoop, type ReconcileLoopOptions } from "../../src/reconcile/loop.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
-import { caps, FakeCapSource, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
+import {
+  caps,
+  captureLogs,
+  FakeCapSource,
+  ManualClock,
+  RecordingTelemetry,
+  tempStateDir,
+} from "./fakes.ts";
 
 const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
@@ -308,4 +315,27 @@ Deno.test("source throwing: telemetry and the report agree the pass failed", () 
   assert.match(report.error!, /boom/);
   assert.deepEqual(t.telemetry.completed.map((c) => c.ok), [false]);
   t.loop.stop();
+});
+
+Deno.test("an unsupported GPU beside three normal ones: one log line in a minute at a 1 s interval", async () => {
+  const gpu = new FakeGpuControl([0, 1, 2, 3].map((i) => fakeH100(i)));
+  gpu.failOn(2, "readLimits", "NOT_SUPPORTED");
+  using tmp = tempStateDir();
+  const clock = new ManualClock();
+  const uuids = [0, 1, 2, 3].map((i) => fakeH100(i).uuid);
+  const loop = new ReconcileLoop(
+    gpu,
+    new FakeCapSource(caps(...uuids.map((u): [string, number] => [u, 300]))),
+    { journal: loadJournal(tmp.dir), clock, intervalMs: 1000 },
+  );
+  const logs = await captureLogs(() => {
+    loop.start();
+    clock.advance(60_000);
+  });
+  assert.ok(loop.passCount >= 60);
+  assert.deepEqual([0, 1, 2, 3].map((i) => gpu.limitOf(i)), [300_000, 300_000, 700_000, 300_000]);
+  assert.equal(logs.filter((l) => l.text.includes("NOT_SUPPORTED")).length, 1);
+  assert.deepEqual(loop.enforcement().unenforced, []);
+  assert.equal(loop.lastReport?.ok, true);
+  loop.stop();
 });
