@@ -80,7 +80,7 @@ async function createSource(
   }
   // Loaded only in Kubernetes mode: the client library is large.
   const { createKubernetesCapSource } = await import("../sources/kubernetes.ts");
-  return await createKubernetesCapSource({
+  const pods = await createKubernetesCapSource({
     nodeName: o.nodeName!,
     namespace: o.namespace,
     annotation: o.annotation,
@@ -94,6 +94,19 @@ async function createSource(
     telemetry: opts.telemetry,
     clock: systemClock,
     staleAfterMs: o.staleAfter * 1000,
+  });
+  if (!o.capsFile && !o.nodeBudgetAnnotation) return pods;
+  // The caps file is the node policy; the node annotation a node power budget.
+  const { NodePolicyCapSource } = await import("../sources/node_policy_source.ts");
+  const { createFileCapSource } = await import("../sources/file.ts");
+  return new NodePolicyCapSource({
+    pods,
+    ...(o.capsFile
+      ? { policy: createFileCapSource(o.capsFile, { telemetry: opts.telemetry }) }
+      : {}),
+    ...(o.nodeBudgetAnnotation
+      ? { budgetWatch: { client: pods.client, nodeName: o.nodeName!, telemetry: opts.telemetry } }
+      : {}),
   });
 }
 
@@ -110,7 +123,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   const kind = selectSource(o);
 
   // The caps file is validated before any GPU is touched (invalid at start: exit 2).
-  if (kind === "file") await readCapsFile(o.capsFile!);
+  if (o.capsFile) await readCapsFile(o.capsFile);
 
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });

@@ -18,7 +18,14 @@ import type { RestoreTarget } from "../policy/plan.ts";
 import { Actuator, type BackoffPolicy } from "./actuate.ts";
 import { observeGpus } from "./observe.ts";
 import { reconcilePass } from "./pass.ts";
-import { describePlan, type GpuOutcome, type PassReport } from "./report.ts";
+import {
+  type BudgetReport,
+  describePlan,
+  formatWatts,
+  type GpuOutcome,
+  type PassReport,
+} from "./report.ts";
+import type { BudgetSource, EffectiveBudget } from "../sources/budget_annotation.ts";
 import { restoreAll } from "./restore.ts";
 
 /** A GPU whose wanted limit is not in place (for readiness). */
@@ -40,6 +47,13 @@ export interface EnforcementState {
   /** Pass-level failure (GPUs not listable, journal not writable) and since when. */
   passError?: { sinceMs: number; error: string };
 }
+
+/** The node power budget of the last pass, and where it came from. */
+export interface LoopBudget extends BudgetReport {
+  source: BudgetSource | null;
+}
+
+const NO_BUDGET: EffectiveBudget = Object.freeze({ budgetMw: null, source: null });
 
 /** Options of `ReconcileLoop`. */
 export interface ReconcileLoopOptions {
@@ -93,6 +107,9 @@ export class ReconcileLoop {
   #outcomes = new Map<string, GpuOutcome>();
   #unenforced = new Map<string, Unenforced>();
   #passError: { sinceMs: number; error: string } | undefined;
+  #lastBudget: LoopBudget | null = null;
+  #budgetState: string | undefined;
+  #budgetWarning: string | undefined;
 
   constructor(gpu: GpuControl, source: CapSource, options: ReconcileLoopOptions) {
     if (!(options.intervalMs > 0)) {
@@ -151,6 +168,11 @@ export class ReconcileLoop {
   /** Desired caps the last pass used (null: unknown / not computed). */
   get lastDesired(): DesiredCaps | null {
     return this.#lastDesired;
+  }
+
+  /** The node power budget as of the last planned pass (null: none). */
+  get lastBudget(): LoopBudget | null {
+    return this.#lastBudget;
   }
 
   /** Passes run so far. */
@@ -286,7 +308,9 @@ export class ReconcileLoop {
         }
       }
       this.#lastDesired = desired;
+      const budget = this.#readBudget();
       report = reconcilePass(this.#gpu, desired, {
+        budgetMw: budget.budgetMw,
         journal: this.#journal,
         telemetry: this.#telemetry,
         restoreTo: this.#restoreTo,
@@ -305,6 +329,7 @@ export class ReconcileLoop {
         },
       });
       if (desired !== null) this.#startupDone = true;
+      this.#reportBudget(report, budget);
       if (!report.dryRun) {
         try {
           this.#source.report?.(report.gpus, { dryRun: false });
@@ -327,6 +352,64 @@ export class ReconcileLoop {
       this.#telemetry.reactionLatency(Math.max(0, endMs - triggerAt) / 1000);
     }
     return report;
+  }
+
+  /** The source's node power budget now; a failing source means no budget this pass. */
+  #readBudget(): EffectiveBudget {
+    try {
+      return this.#source.budget?.() ?? NO_BUDGET;
+    } catch (err) {
+      getLogger(["gpu-power-agent", "reconcile"]).error(
+        "Source {source} failed to give the node power budget: {error}",
+        { source: this.#source.name, error: err instanceof Error ? err.message : String(err) },
+      );
+      return NO_BUDGET;
+    }
+  }
+
+  /** Budget gauges after every pass; a log line when the budget or over-budget state changes. */
+  #reportBudget(report: PassReport, budget: EffectiveBudget): void {
+    const log = getLogger(["gpu-power-agent", "reconcile"]);
+    if (budget.warning !== undefined && budget.warning !== this.#budgetWarning) {
+      log.warn("{message}", { message: budget.warning });
+    }
+    this.#budgetWarning = budget.warning;
+    if (!report.desiredKnown) return; // nothing was planned: keep the last figures
+    const b = report.budget;
+    this.#lastBudget = b ? { ...b, source: budget.source } : null;
+    this.#telemetry.budgetAllocated(
+      b
+        ? { budgetMw: b.budgetMw, allocatedMw: b.allocatedMw, overBudget: b.overBudget }
+        : { budgetMw: null, allocatedMw: 0, overBudget: false },
+    );
+    const state = b === undefined
+      ? "none"
+      : `${b.budgetMw}/${budget.source}/${b.overBudget ? "over" : "ok"}`;
+    if (state === this.#budgetState) return;
+    this.#budgetState = state;
+    if (b === undefined) {
+      log.info("No node power budget");
+    } else if (b.overBudget) {
+      log.warn(
+        "Node power budget {budget} ({source}) cannot be met: {allocated} with every capped GPU " +
+          "at its minimum and the other GPUs at their current limits",
+        {
+          budget: formatWatts(b.budgetMw),
+          source: budget.source,
+          allocated: formatWatts(b.allocatedMw),
+        },
+      );
+    } else {
+      log.info(
+        "Node power budget {budget} ({source}): {allocated} allocated, {count} GPU(s) reduced",
+        {
+          budget: formatWatts(b.budgetMw),
+          source: budget.source,
+          allocated: formatWatts(b.allocatedMw),
+          count: b.reductions.length,
+        },
+      );
+    }
   }
 
   /** Update enforcement state from a pass's outcomes. */

@@ -19,7 +19,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { Actuator } from "./actuate.ts";
 import { type Observation, observeGpus } from "./observe.ts";
-import { emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
+import { type BudgetReport, emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
 
 /** Options of `reconcilePass`. */
 export interface ReconcilePassOptions {
@@ -37,6 +37,8 @@ export interface ReconcilePassOptions {
   actuator?: Actuator;
   /** The source failed this pass (desired is then null): the pass is not ok. */
   sourceError?: string;
+  /** The node power budget, milliwatts (null/absent: none). */
+  budgetMw?: number | null;
   /** Called with the plan before anything is changed (dry run prints it). */
   onPlan?: (plan: PassPlan) => void;
   clock?: Clock;
@@ -63,6 +65,7 @@ export function reconcilePass(
   const plan = planPass(observation, desired, journal.entries(), {
     restoreTo: options.restoreTo,
     restoreReason: options.restoreReason,
+    budgetMw: options.budgetMw,
   });
   report.absentUuids = plan.absentUuids;
   if (plan.absentUuids.length > 0) {
@@ -82,6 +85,9 @@ export function reconcilePass(
     report.writes = result.writes;
     if (result.error !== undefined) report.error = result.error;
   }
+  if (plan.budget !== undefined && plan.error === undefined) {
+    report.budget = budgetReport(plan, report, dryRun);
+  }
   if (options.sourceError !== undefined) report.error ??= options.sourceError;
   summarize(report);
   report.ok = report.error === undefined && report.desiredKnown &&
@@ -94,4 +100,24 @@ export function reconcilePass(
     atMs: endMs,
   });
   return report;
+}
+
+/** The budget part of a report: Σ limits in place after the pass (dry run: as planned). */
+function budgetReport(plan: PassPlan, report: PassReport, dryRun: boolean): BudgetReport {
+  const allocation = plan.budget!;
+  const index = new Map(plan.gpus.map((p) => [p.uuid, p.index]));
+  let allocatedMw = allocation.allocatedMw;
+  if (!dryRun) {
+    allocatedMw = 0;
+    for (const g of report.gpus) {
+      if (g.fromMw === null) continue;
+      allocatedMw += g.changed && g.toMw !== null ? g.toMw : g.fromMw;
+    }
+  }
+  return {
+    budgetMw: allocation.budgetMw,
+    allocatedMw,
+    overBudget: allocation.overBudget,
+    reductions: allocation.reductions.map((r) => ({ ...r, index: index.get(r.uuid) ?? -1 })),
+  };
 }

@@ -39,6 +39,8 @@ export interface GpuOutcome {
   clamp: "none" | "up" | "down";
   /** Why the target differs from the request. */
   limitedBy?: LimitedBy;
+  /** The target before the node power budget lowered it (`limitedBy: "budget"`). */
+  reducedFromMw?: number;
   /** Why: source reason, restore reason, or empty for an unmanaged GPU. */
   reason: string;
   /** The source's desired cap (carries the pods to tell). */
@@ -78,8 +80,24 @@ export interface PassReport {
   absentUuids: string[];
   /** Pass-level failure: listing GPUs, the source, or saving the journal. */
   error?: string;
+  /** The node power budget and what this pass did under it; absent when no budget applied. */
+  budget?: BudgetReport;
   startedMs: number;
   durationMs: number;
+}
+
+/** What a pass did under the node power budget. */
+export interface BudgetReport {
+  budgetMw: number;
+  /**
+   * Σ of every GPU's power limit after the pass (as read back; in dry run: as planned). GPUs
+   * whose limits cannot be read are not counted.
+   */
+  allocatedMw: number;
+  /** Even every capped GPU at its minimum does not fit. */
+  overBudget: boolean;
+  /** GPUs whose target the budget lowered, in UUID order. */
+  reductions: { uuid: string; index: number; fromMw: number; toMw: number }[];
 }
 
 /**
@@ -118,6 +136,7 @@ export function outcomeOf(plan: GpuPlan, fields: Partial<GpuOutcome> = {}): GpuO
     requestedMw: plan.requestedMw,
     clamp: plan.clamp,
     ...(plan.limitedBy ? { limitedBy: plan.limitedBy } : {}),
+    ...(plan.reducedFromMw !== undefined ? { reducedFromMw: plan.reducedFromMw } : {}),
     reason: plan.reason,
     ...(plan.desired ? { desired: plan.desired } : {}),
     desiredKind: plan.desiredKind,
@@ -205,10 +224,10 @@ export function describePlan(plan: PassPlan): string[] {
 
 /** The reason, with the device clamp spelled out when there was one. */
 export function reasonWithClamp(
-  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw">,
+  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw" | "reducedFromMw">,
 ): string {
   if (g.clamp === "none" || g.requestedMw === null) return g.reason;
   const bound = g.clamp === "up" ? "the GPU minimum" : "the GPU maximum";
   return `${g.reason}; requested ${formatWatts(g.requestedMw)} clamped ${g.clamp} to ${bound} ` +
-    formatWatts(g.toMw);
+    formatWatts(g.reducedFromMw ?? g.toMw);
 }

@@ -5,6 +5,7 @@ import type { GpuIdentity } from "../nvml/gpu_control.ts";
 import type { DesiredCaps } from "../policy/desired.ts";
 import type { Observation } from "../reconcile/observe.ts";
 import type { GpuOutcome } from "../reconcile/report.ts";
+import type { EffectiveBudget } from "./budget_annotation.ts";
 
 export type { DesiredCap, DesiredCaps, DesiredKind, PodRef } from "../policy/desired.ts";
 
@@ -55,6 +56,11 @@ export interface CapSource {
    * tells others (Kubernetes Events). Not called in dry run.
    */
   report?(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void;
+  /**
+   * The node power budget in force now (caps file `budget`, node annotation); absent or
+   * `budgetMw: null`: no budget. Read once per pass, after `desired()`.
+   */
+  budget?(): EffectiveBudget;
   /** Current health. */
   health(): SourceHealth;
   /** Stop watching. Idempotent. */

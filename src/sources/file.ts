@@ -24,6 +24,7 @@ import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
 import { type Clock, systemClock } from "../clock.ts";
 import { describeCapsValue, resolveFileCaps } from "../policy/file_rules.ts";
 import type { CapSource, DesiredCaps, GpuView, SourceHealth } from "./cap_source.ts";
+import type { EffectiveBudget } from "./budget_annotation.ts";
 import {
   CapsFileError,
   type CapsSpec,
@@ -130,6 +131,14 @@ export class FileCapSource implements CapSource {
    */
   spec(): CapsSpec | null {
     return this.#spec;
+  }
+
+  /** The caps file's `budget` (the last good file's), or no budget. */
+  budget(): EffectiveBudget {
+    const mw = this.#spec?.budget?.mw;
+    return mw === undefined
+      ? { budgetMw: null, source: null }
+      : { budgetMw: mw, source: "caps-file" };
   }
 
   /** Synced after the first good load; `problem` while the file on disk is missing or invalid. */

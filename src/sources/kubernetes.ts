@@ -138,6 +138,11 @@ export class KubernetesCapSource implements CapSource {
     }
   }
 
+  /** The client (the node budget watch shares it; stop it before this source). */
+  get client(): KubeClient {
+    return this.#client;
+  }
+
   /** API server this source reads. */
   get server(): string {
     return this.#client.server;

@@ -118,6 +118,9 @@ the metrics listener on metrics.port, and the grants of each enabled feature.
 {{- if $v.nodePolicy.enabled }}
 {{- $args = concat $args (list "--caps-file" $layout.nodePolicyFile) }}
 {{- end }}
+{{- if not $v.nodeBudgetAnnotation.enabled }}
+{{- $args = concat $args (list "--no-node-budget-annotation") }}
+{{- end }}
 {{- if not (kindIs "invalid" $v.enforceGraceSeconds) }}
 {{- $args = concat $args (list "--enforce-grace" (toString $v.enforceGraceSeconds)) }}
 {{- end }}
