@@ -74,7 +74,7 @@ export async function runCli(
         return await run!.runCommand(ctx);
       case "status": {
         const { statusCommand } = await import("./status_command.ts");
-        return statusCommand(ctx);
+        return await statusCommand(ctx);
       }
       case "check": {
         const { checkCommand } = await import("./check_command.ts");

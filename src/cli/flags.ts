@@ -91,9 +91,9 @@ export const FLAGS: readonly FlagSpec[] = [
     name: "caps-file",
     type: "string",
     arg: "PATH",
-    commands: ["run", "check"],
+    commands: ["run", "check", "status"],
     help: "JSON or YAML caps file (file mode; with --source kubernetes: the node policy and " +
-      "budget)",
+      "budget; status: show how its budget is allocated)",
   }),
   flag({
     name: "interval",

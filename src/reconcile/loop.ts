@@ -20,8 +20,8 @@ import { observeGpus } from "./observe.ts";
 import { reconcilePass } from "./pass.ts";
 import {
   type BudgetReport,
+  describeBudget,
   describePlan,
-  formatWatts,
   type GpuOutcome,
   type PassReport,
 } from "./report.ts";
@@ -389,27 +389,11 @@ export class ReconcileLoop {
     this.#budgetState = state;
     if (b === undefined) {
       log.info("No node power budget");
-    } else if (b.overBudget) {
-      log.warn(
-        "Node power budget {budget} ({source}) cannot be met: {allocated} with every capped GPU " +
-          "at its minimum and the other GPUs at their current limits",
-        {
-          budget: formatWatts(b.budgetMw),
-          source: budget.source,
-          allocated: formatWatts(b.allocatedMw),
-        },
-      );
-    } else {
-      log.info(
-        "Node power budget {budget} ({source}): {allocated} allocated, {count} GPU(s) reduced",
-        {
-          budget: formatWatts(b.budgetMw),
-          source: budget.source,
-          allocated: formatWatts(b.allocatedMw),
-          count: b.reductions.length,
-        },
-      );
+      return;
     }
+    const fields = { message: describeBudget(b), source: budget.source };
+    if (b.overBudget) log.warn("{message} (source: {source})", fields);
+    else log.info("{message} (source: {source})", fields);
   }
 
   /** Update enforcement state from a pass's outcomes. */

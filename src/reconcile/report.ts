@@ -7,6 +7,7 @@
  */
 import type { DesiredCap, DesiredKind } from "../policy/desired.ts";
 import type { GpuPlan, LimitedBy, PassPlan } from "../policy/plan.ts";
+import type { BudgetAllocation } from "../policy/budget.ts";
 
 /** What a pass did to one GPU (in dry run: would do). */
 export type GpuAction =
@@ -220,6 +221,22 @@ export function describePlan(plan: PassPlan): string[] {
         return `${head}: ${p.error ?? p.intent}`;
     }
   });
+}
+
+/**
+ * One line about a planned node power budget, e.g. `node power budget 4000 W: 4000 W allocated,
+ * 8 GPU(s) reduced by it`, or `… cannot be met: …` when even every minimum is too much.
+ */
+export function describeBudget(
+  b: Pick<BudgetAllocation, "budgetMw" | "allocatedMw" | "overBudget" | "reductions">,
+): string {
+  const head = `node power budget ${formatWatts(b.budgetMw)}`;
+  if (b.overBudget) {
+    return `${head} cannot be met: ${formatWatts(b.allocatedMw)} allocated with every capped ` +
+      "GPU at its minimum";
+  }
+  return `${head}: ${formatWatts(b.allocatedMw)} allocated, ${b.reductions.length} GPU(s) ` +
+    "reduced by it";
 }
 
 /** The reason, with the device clamp spelled out when there was one. */

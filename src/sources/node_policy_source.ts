@@ -12,7 +12,7 @@
  *
  * The budget in force is `combineBudgets` of the caps file's `budget` and the annotation (the
  * smaller wins; an invalid annotation is ignored with a warning). Until the node was first read
- * (e.g. no RBAC on nodes) only the caps file's budget applies, and `health().problem` says why.
+ * (e.g. no RBAC on nodes) only the caps file's budget applies; the watch logs why and retries.
  *
  * start/stop/health/report delegate; the name stays the pods source's (`kubernetes`).
  */
@@ -119,14 +119,14 @@ export class NodePolicyCapSource implements CapSource {
   }
 
   /**
-   * Synced when the pods' source and the node policy are; a problem of any part (pods, caps
-   * file, node watch) is the source's problem, and counts from its part's last success.
+   * Synced when the pods' source and the node policy are; a problem of either is the source's
+   * problem, and counts from that part's last success. The node watch never affects health
+   * (readiness): it logs its failures and the last known annotation value stays in force.
    */
   health(): SourceHealth {
     const pods = this.#pods.health();
     const parts: [string, SourceHealth][] = [["", pods]];
     if (this.#policy) parts.push(["node policy: ", this.#policy.health()]);
-    if (this.#watcher) parts.push(["node budget annotation: ", this.#watcher.health()]);
     const failing = parts.filter(([, h]) => h.problem !== undefined);
     const health: SourceHealth = {
       synced: pods.synced && (this.#policy?.health().synced ?? true),
@@ -134,7 +134,7 @@ export class NodePolicyCapSource implements CapSource {
     };
     if (failing.length > 0) {
       health.problem = failing.map(([label, h]) => `${label}${h.problem}`).join("; ");
-      const since = failing.map(([, h]) => h.lastSuccessMs ?? this.#startedMs ?? Date.now());
+      const since = failing.map(([, h]) => h.lastSuccessMs ?? this.#startedMs ?? this.#clock.now());
       health.lastSuccessMs = Math.min(...since);
     }
     return health;

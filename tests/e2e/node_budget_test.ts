@@ -16,6 +16,7 @@ import {
 import {
   type AgentProcess,
   kubernetesRunArgs,
+  runAgent,
   spawnAgent,
   waitFor,
 } from "../helpers/agent_process.ts";
@@ -90,7 +91,7 @@ async function fileSetup(caps: string, startMw: number) {
     "--state-dir",
     `${fake.dir}/state`,
   ];
-  return { fake, capsPath, port, args };
+  return { fake, capsPath, port, args, common: args.slice(-4) };
 }
 
 Deno.test("worked example: 8 × 700 W, min 200 W, budget 4000 W → 500 W each; in sync ⇒ no write; lowers before raises", async () => {
@@ -112,7 +113,7 @@ Deno.test("worked example: 8 × 700 W, min 200 W, budget 4000 W → 500 W each; 
     assert.deepEqual(s.fake.readLog(), [], "in sync under a budget: zero NVML writes");
     assert.match(
       agent.output(),
-      /Node power budget 4000 W \(caps-file\): 4000 W allocated, 8 GPU\(s\) reduced/,
+      /node power budget 4000 W: 4000 W allocated, 8 GPU\(s\) reduced by it \(source: caps-file\)/,
     );
 
     // GPUs 0-3 down to 300 W, the others may go back to 700 W: 4 × 300 + 4 × 700 = 4000 W.
@@ -153,8 +154,38 @@ Deno.test("budget below Σ min: every GPU at its min, over budget, ready; raised
     assert.equal(metric(m, "node_power_budget_watts"), 1000);
     assert.equal(metric(m, "node_power_allocated_watts"), 1600);
     await new Promise((r) => setTimeout(r, 1500)); // more passes: logged once
-    const over = agent.output().match(/Node power budget 1000 W \(caps-file\) cannot be met/g);
+    const over = agent.output().match(/node power budget 1000 W cannot be met: 1600 W allocated/g);
     assert.equal(over?.length, 1, agent.output());
+
+    // `status --caps-file` computes the same allocation, read only.
+    const status = await runAgent(["status", "--json", "--caps-file", s.capsPath, ...s.common], {
+      env: s.fake.env,
+    });
+    assert.equal(status.code, 0, status.stderr);
+    const budget = JSON.parse(status.stdout).budget;
+    assert.deepEqual(
+      [budget.budgetWatts, budget.source, budget.limitsNowWatts, budget.allocatedWatts],
+      [1000, "caps-file", 1600, 1600],
+    );
+    assert.equal(budget.overBudget, true);
+    assert.equal(budget.reduced.length, 8);
+    assert.deepEqual(budget.reduced[0], {
+      index: 0,
+      uuid: makeGpu(0).uuid,
+      fromWatts: 700,
+      toWatts: 200,
+    });
+    const table = await runAgent(["status", "--caps-file", s.capsPath, ...s.common], {
+      env: s.fake.env,
+    });
+    assert.match(
+      table.stdout,
+      /Node power budget 1000 W \(caps file\): limits now 1600 W; allocated 1600 W \(over budget/,
+    );
+    assert.match(
+      table.stdout,
+      /GPU 7 \(\S+\): reduced from 700 W to 200 W by the node power budget/,
+    );
 
     const peakFrom = new Map(readFakeState(s.fake.statePath).gpus.map((g) => [g.uuid, g.limitMw]));
     const logged = s.fake.readLog().length;
