@@ -318,8 +318,8 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     );
     this.#allocated = gauge(
       "node_power_allocated_watts",
-      "Power limits of all GPUs counted against the node power budget (capped GPUs at their " +
-        "cap, others at their enforced limit).",
+      "Sum of the power limits of all GPUs after the last pass (read back), counted against " +
+        "the node power budget.",
       [],
     );
     this.#overBudget = gauge(
