@@ -8,7 +8,7 @@
  *    and a raise that would then overshoot waits for a later pass instead of being written.
  */
 import { formatWatts } from "../reconcile/report.ts";
-import { type BudgetAllocation, type BudgetReduction, compareUuid } from "./budget.ts";
+import { type BudgetAllocation, compareUuid } from "./budget.ts";
 
 /** One power-limit write a pass wants. */
 export interface LimitChange {
@@ -74,12 +74,8 @@ export function admitRaises<T extends LimitChange>(
   return { admitted, deferred };
 }
 
-/** The pod Event / log text of a reduced cap: `reduced from 700 W to 500 W by the node power budget`. */
-export function describeBudgetReduction(reduction: BudgetReduction): string {
-  return `reduced from ${formatWatts(reduction.fromMw)} to ${
-    formatWatts(reduction.toMw)
-  } by the node power budget`;
-}
+/** The pod Event / log text of a reduced cap (defined with the other human texts). */
+export { describeBudgetReduction } from "../reconcile/report.ts";
 
 /**
  * The warning logged when the budget cannot be met, or undefined when it can:

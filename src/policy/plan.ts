@@ -15,7 +15,6 @@ import type { JournalEntry } from "../state/journal.ts";
 import { type ClampDirection, clampMw } from "./clamp.ts";
 import type { DesiredCap, DesiredCaps, DesiredKind } from "./desired.ts";
 import { allocateBudget, type BudgetAllocation, type BudgetGpu } from "./budget.ts";
-import { describeBudgetReduction } from "./budget_order.ts";
 
 /** What to restore a GPU to: the journaled pre-agent value, or the vendor default. */
 export type RestoreTarget = "baseline" | "default";
@@ -171,14 +170,9 @@ export function planPass(
       }
       const requestedMw = Math.round(want.mw);
       const target = decideTarget(requestedMw, g.limits);
-      const intent = g.limits.limitMw === target.mw
-        ? "leave"
-        : entry && entry.appliedMw === target.mw
-        ? "drift"
-        : "apply";
       return {
         ...base,
-        intent,
+        intent: intentFor(g.limits, target.mw, entry),
         targetMw: target.mw,
         requestedMw,
         clamp: target.clamp,
@@ -203,6 +197,12 @@ export function planPass(
   return plan;
 }
 
+/** A wanted target: in place (`leave`), re-applied after someone changed it (`drift`), or new. */
+function intentFor(limits: PowerLimits, targetMw: number, entry?: JournalEntry): GpuIntent {
+  if (limits.limitMw === targetMw) return "leave";
+  return entry && entry.appliedMw === targetMw ? "drift" : "apply";
+}
+
 /** GPUs the budget lowers a target of: those the plan sets a specific limit on. */
 function budgeted(p: GpuPlan): boolean {
   return p.limits !== null && p.targetMw !== null &&
@@ -214,7 +214,8 @@ function budgeted(p: GpuPlan): boolean {
  * Share the node power budget (`allocateBudget`): GPUs with a wanted limit want their target;
  * every other GPU with readable limits counts at its current power limit and is not changed
  * (GPUs whose limits cannot be read are left out: nothing is known of them). A reduced target
- * gets `limitedBy: "budget"` and the reason `reduced from A to B by the node power budget`; a
+ * gets `limitedBy: "budget"` and `reducedFromMw` (the text `reduced from A to B by the node
+ * power budget` is `reasonWithClamp`'s); a
  * restore the budget reduces becomes an `apply` at the reduced value (the GPU stays managed
  * until its baseline fits). Mutates `plan`.
  */
@@ -239,20 +240,13 @@ function applyBudget(
   plan.gpus = plan.gpus.map((p) => {
     const r = reduced.get(p.uuid);
     if (r === undefined || p.limits === null) return p;
-    const entry = ctx.journal.get(p.uuid);
-    const intent: GpuIntent = p.limits.limitMw === r.toMw
-      ? "leave"
-      : entry && entry.appliedMw === r.toMw
-      ? "drift"
-      : "apply";
     return {
       ...p,
-      intent,
+      intent: intentFor(p.limits, r.toMw, ctx.journal.get(p.uuid)),
       targetMw: r.toMw,
       limitedBy: "budget",
       reducedFromMw: r.fromMw,
       wanted: true,
-      reason: `${p.reason ? `${p.reason}; ` : ""}${describeBudgetReduction(r)}`,
     };
   });
 }

@@ -14,8 +14,7 @@
  */
 import type { DesiredCap, PodRef } from "./desired.ts";
 import type { PowerAnnotation } from "../sources/annotation.ts";
-import { formatWatts, type GpuOutcome } from "../reconcile/report.ts";
-import { describeBudgetReduction } from "./budget_order.ts";
+import { describeBudgetReduction, formatWatts, type GpuOutcome } from "../reconcile/report.ts";
 
 /** One pod using a GPU, with its parsed annotation. */
 export interface GpuPod {
@@ -221,7 +220,6 @@ export function outcomeEvents(outcome: GpuOutcome, gpuLabel: string): OutcomeEve
         (outcome.limitedBy === "budget" && outcome.reducedFromMw !== undefined
           ? ` (${
             describeBudgetReduction({
-              uuid: outcome.uuid,
               fromMw: outcome.reducedFromMw,
               toMw: outcome.toMw ?? outcome.reducedFromMw,
             })
@@ -238,7 +236,6 @@ export function outcomeEvents(outcome: GpuOutcome, gpuLabel: string): OutcomeEve
   }
   if (outcome.limitedBy === "budget" && outcome.reducedFromMw !== undefined) {
     notes.push(describeBudgetReduction({
-      uuid: outcome.uuid,
       fromMw: outcome.reducedFromMw,
       toMw: outcome.toMw ?? outcome.reducedFromMw,
     }));

@@ -7,7 +7,7 @@
  */
 import type { DesiredCap, DesiredKind } from "../policy/desired.ts";
 import type { GpuPlan, LimitedBy, PassPlan } from "../policy/plan.ts";
-import type { BudgetAllocation } from "../policy/budget.ts";
+import type { BudgetAllocation, BudgetReduction } from "../policy/budget.ts";
 
 /** What a pass did to one GPU (in dry run: would do). */
 export type GpuAction =
@@ -239,12 +239,29 @@ export function describeBudget(
     "reduced by it";
 }
 
-/** The reason, with the device clamp spelled out when there was one. */
-export function reasonWithClamp(
-  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw" | "reducedFromMw">,
+/** The pod Event / log text of a reduced cap: `reduced from 700 W to 500 W by the node power budget`. */
+export function describeBudgetReduction(
+  reduction: Pick<BudgetReduction, "fromMw" | "toMw"> & { uuid?: string },
 ): string {
-  if (g.clamp === "none" || g.requestedMw === null) return g.reason;
-  const bound = g.clamp === "up" ? "the GPU minimum" : "the GPU maximum";
-  return `${g.reason}; requested ${formatWatts(g.requestedMw)} clamped ${g.clamp} to ${bound} ` +
-    formatWatts(g.reducedFromMw ?? g.toMw);
+  return `reduced from ${formatWatts(reduction.fromMw)} to ${
+    formatWatts(reduction.toMw)
+  } by the node power budget`;
+}
+
+/** The reason, with the device clamp and the node power budget spelled out when they acted. */
+export function reasonWithClamp(
+  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw" | "limitedBy" | "reducedFromMw">,
+): string {
+  const parts = g.reason ? [g.reason] : [];
+  if (g.clamp !== "none" && g.requestedMw !== null) {
+    const bound = g.clamp === "up" ? "the GPU minimum" : "the GPU maximum";
+    parts.push(
+      `requested ${formatWatts(g.requestedMw)} clamped ${g.clamp} to ${bound} ` +
+        formatWatts(g.reducedFromMw ?? g.toMw),
+    );
+  }
+  if (g.limitedBy === "budget" && g.reducedFromMw !== undefined && g.toMw !== null) {
+    parts.push(describeBudgetReduction({ fromMw: g.reducedFromMw, toMw: g.toMw }));
+  }
+  return parts.join("; ");
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { planPass } from "../../src/policy/plan.ts";
+import { outcomeOf, reasonWithClamp } from "../../src/reconcile/report.ts";
 import type { JournalEntry } from "../../src/state/journal.ts";
 import type { Observation, ObservedGpu } from "../../src/reconcile/observe.ts";
 import type { DesiredCaps } from "../../src/policy/desired.ts";
@@ -120,7 +121,11 @@ Deno.test("plan: a node power budget lowers wanted targets (limitedBy budget); f
     ["leave", 350_000, null],
   ]);
   assert.equal(plan.gpus[0].reducedFromMw, 700_000);
-  assert.equal(plan.gpus[0].reason, "r0; reduced from 700 W to 350 W by the node power budget");
+  assert.equal(plan.gpus[0].reason, "r0");
+  assert.equal(
+    reasonWithClamp(outcomeOf(plan.gpus[0])),
+    "r0; reduced from 700 W to 350 W by the node power budget",
+  );
   assert.equal(plan.budget?.allocatedMw, 1_400_000);
   assert.equal(plan.budget?.overBudget, false);
   // Enough budget: nothing is reduced, the allocation is still attached.
@@ -140,7 +145,10 @@ Deno.test("plan: a restore the budget reduces stays managed (apply at the reduce
   const plan = planPass(obs, new Map(), journal, { budgetMw: 1_000_000 });
   assert.deepEqual([plan.gpus[0].intent, plan.gpus[0].targetMw], ["leave", 300_000]);
   assert.equal(plan.gpus[0].wanted, true);
-  assert.match(plan.gpus[0].reason, /^restore to baseline: .*; reduced from 700 W to 300 W/);
+  assert.match(
+    reasonWithClamp(outcomeOf(plan.gpus[0])),
+    /^restore to baseline: .*; reduced from 700 W to 300 W/,
+  );
   const more = planPass(obs, new Map(), journal, { budgetMw: 1_200_000 });
   assert.deepEqual([more.gpus[0].intent, more.gpus[0].targetMw], ["apply", 500_000]);
   const all = planPass(obs, new Map(), journal, { budgetMw: 2_000_000 });
