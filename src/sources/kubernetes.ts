@@ -14,7 +14,7 @@ import type { Clock } from "../reconcile/clock.ts";
 import { systemClock } from "../reconcile/clock.ts";
 import { decideGpuCap } from "../policy/shared_gpu.ts";
 import { DEFAULT_POWER_ANNOTATION } from "./annotation.ts";
-import { type KubeClient, type KubeConfigLibrary, loadKubeClient } from "./kubernetes_client.ts";
+import { type KubeClient, loadKubeClient } from "./kubernetes_client.ts";
 import {
   type BackoffOptions,
   type InformerStats,
@@ -70,8 +70,6 @@ export interface KubernetesSourceOptions {
   probeMaxMs?: number;
   /** Jitter source (default Math.random). */
   random?: () => number;
-  /** Which copy of the client library's KubeConfig to load (default `bundle`). */
-  library?: KubeConfigLibrary;
 }
 
 /** Counters for tests and `status`. */
@@ -392,7 +390,6 @@ export async function createKubernetesCapSource(
   }
   const client = await loadKubeClient({
     kubeconfigPath: options.kubeconfigPath,
-    library: options.library,
     requestTimeoutMs: options.requestTimeoutMs,
   });
   return new KubernetesCapSource(client, options);

@@ -95,3 +95,38 @@ Deno.test("exec plugins, missing contexts and unreadable files are clear errors"
     await rejects(kubeconfigAccess([`${dir}/missing`]), /Cannot read kubeconfig .*missing/);
   });
 });
+
+Deno.test("the launcher refuses what the agent's loader refuses, with the same message", async () => {
+  await withDir(async (dir) => {
+    const write = async (name: string, cluster: object, user: object) => {
+      await Deno.writeTextFile(
+        `${dir}/${name}`,
+        JSON.stringify({
+          "current-context": "x",
+          contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
+          clusters: [{ name: "c", cluster: { server: "https://a.example:6443", ...cluster } }],
+          users: [{ name: "u", user }],
+        }),
+      );
+      return [`${dir}/${name}`];
+    };
+    await rejects(
+      kubeconfigAccess(await write("basic", {}, { username: "u", password: "p" })),
+      (error) => error instanceof KubeconfigAccessError && /basic auth/.test(error.message),
+    );
+    await rejects(
+      kubeconfigAccess(await write("insecure", { "insecure-skip-tls-verify": true }, {})),
+      /insecure-skip-tls-verify is not supported/,
+    );
+    // Inline (-data) material needs no read permission: only the kubeconfig itself.
+    deepStrictEqual(
+      await kubeconfigAccess(
+        await write("inline", { "certificate-authority-data": btoa("CA") }, {
+          "client-certificate-data": btoa("C"),
+          "client-key-data": btoa("K"),
+        }),
+      ),
+      { files: [], servers: ["a.example:6443"] },
+    );
+  });
+});
