@@ -46,55 +46,27 @@ async function issue(
   options: { name: string; cn: string; ca: string; ext: string },
 ): Promise<void> {
   const { name, cn, ca, ext } = options;
+  const words = (text: string) => text.split(" ");
   await openssl(dir, [
-    "req",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    `${name}.key`,
-    "-out",
-    `${name}.csr`,
-    "-subj",
+    ...words(`req -newkey rsa:2048 -nodes -keyout ${name}.key -out ${name}.csr -subj`),
     `/CN=${cn}`,
   ]);
   await Deno.writeTextFile(`${dir}/${name}.ext`, `${ext}\n`);
-  await openssl(dir, [
-    "x509",
-    "-req",
-    "-in",
-    `${name}.csr`,
-    "-CA",
-    `${ca}.crt`,
-    "-CAkey",
-    `${ca}.key`,
-    "-CAcreateserial",
-    "-out",
-    `${name}.crt`,
-    "-days",
-    "2",
-    "-extfile",
-    `${name}.ext`,
-  ]);
+  await openssl(
+    dir,
+    words(
+      `x509 -req -in ${name}.csr -CA ${ca}.crt -CAkey ${ca}.key -CAcreateserial -out ${name}.crt ` +
+        `-days 2 -extfile ${name}.ext`,
+    ),
+  );
 }
 
 /** Make a CA, a server certificate (127.0.0.1, ::1, localhost) and client certificates in `dir`. */
 export async function generateTestPki(dir: string): Promise<TestPki> {
   for (const ca of ["ca", "other-ca"]) {
     await openssl(dir, [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      `${ca}.key`,
-      "-out",
-      `${ca}.crt`,
-      "-days",
-      "2",
-      "-subj",
-      `/CN=${ca}`,
+      ..."req -x509 -newkey rsa:2048 -nodes -days 2".split(" "),
+      ...["-keyout", `${ca}.key`, "-out", `${ca}.crt`, "-subj", `/CN=${ca}`],
     ]);
   }
   await issue(dir, {

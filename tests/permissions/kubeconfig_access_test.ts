@@ -4,6 +4,7 @@ import {
   KubeconfigAccessError,
   serverHostPort,
 } from "../../src/permissions/kubeconfig_access.ts";
+import { kubeconfigText } from "../helpers/kubeconfig_text.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await Deno.makeTempDir({ prefix: "gpa-kubeconfig-" });
@@ -101,11 +102,9 @@ Deno.test("the launcher refuses what the agent's loader refuses, with the same m
     const write = async (name: string, cluster: object, user: object) => {
       await Deno.writeTextFile(
         `${dir}/${name}`,
-        JSON.stringify({
-          "current-context": "x",
-          contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
-          clusters: [{ name: "c", cluster: { server: "https://a.example:6443", ...cluster } }],
-          users: [{ name: "u", user }],
+        kubeconfigText({
+          cluster: { server: "https://a.example:6443", ...cluster },
+          user: { ...user },
         }),
       );
       return [`${dir}/${name}`];

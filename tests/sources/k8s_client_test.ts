@@ -6,6 +6,7 @@ import {
   loadKubeClient,
 } from "../../src/sources/kubernetes_client.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { kubeconfigText } from "../helpers/kubeconfig_text.ts";
 import {
   generateTestPki,
   startTlsFront,
@@ -13,17 +14,13 @@ import {
   type TlsFront,
 } from "../helpers/tls_front.ts";
 
-/** A one-context kubeconfig (YAML) for `server` and `user`. */
+/** A one-context kubeconfig for `server`, extra cluster fields and `user`. */
 function kubeconfigYaml(
   options: { server: string; cluster?: Record<string, unknown>; user: Record<string, unknown> },
 ): string {
-  return JSON.stringify({
-    apiVersion: "v1",
-    kind: "Config",
-    clusters: [{ name: "c", cluster: { server: options.server, ...options.cluster } }],
-    users: [{ name: "u", user: options.user }],
-    contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
-    "current-context": "x",
+  return kubeconfigText({
+    cluster: { server: options.server, ...options.cluster },
+    user: options.user,
   });
 }
 

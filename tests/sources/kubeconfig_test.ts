@@ -8,6 +8,7 @@ import {
   TOKEN_REFRESH_MS,
   TokenSource,
 } from "../../src/sources/kubeconfig.ts";
+import { kubeconfigText } from "../helpers/kubeconfig_text.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "gpa-kubeconfig-loader-" });
@@ -72,18 +73,13 @@ Deno.test("kubeconfig: http:// needs no CA and ignores insecure-skip-tls-verify;
   await withDir(async (dir) => {
     await Deno.writeTextFile(
       `${dir}/config`,
-      JSON.stringify({
-        "current-context": "x",
-        contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
-        clusters: [{
-          name: "c",
-          cluster: {
-            server: "http://127.0.0.1:8080",
-            "insecure-skip-tls-verify": true,
-            "certificate-authority": "/nope/ca.crt",
-          },
-        }],
-        users: [{ name: "u", user: { token: "t", tokenFile: "/nope/token" } }],
+      kubeconfigText({
+        cluster: {
+          server: "http://127.0.0.1:8080",
+          "insecure-skip-tls-verify": true,
+          "certificate-authority": "/nope/ca.crt",
+        },
+        user: { token: "t", tokenFile: "/nope/token" },
       }),
     );
     const config = await resolveKubeconfig([`${dir}/config`]);
@@ -100,12 +96,7 @@ Deno.test("kubeconfig: refused and broken configurations say what to do", async 
     const write = async (name: string, cluster: object, user: object) => {
       await Deno.writeTextFile(
         `${dir}/${name}`,
-        JSON.stringify({
-          "current-context": "x",
-          contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
-          clusters: [{ name: "c", cluster }],
-          users: [{ name: "u", user }],
-        }),
+        kubeconfigText({ cluster: { ...cluster }, user: { ...user } }),
       );
       return [`${dir}/${name}`];
     };
