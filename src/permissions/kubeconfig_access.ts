@@ -8,6 +8,7 @@
  */
 
 import {
+  inClusterServer,
   KubeConfigError,
   resolveKubeconfig,
   serverHostPort as hostPort,
@@ -40,6 +41,11 @@ export function serverHostPort(server: string, what = "server"): string {
   } catch (error) {
     rethrow(error);
   }
+}
+
+/** `host:port` the agent connects to in a pod (IPv6 bracketed), as the agent's loader builds it. */
+export function inClusterHostPort(host: string, port: string): string {
+  return serverHostPort(inClusterServer(host, port));
 }
 
 /**

@@ -1,5 +1,6 @@
 import { deepStrictEqual, rejects, throws } from "node:assert/strict";
 import {
+  inClusterHostPort,
   kubeconfigAccess,
   KubeconfigAccessError,
   serverHostPort,
@@ -128,4 +129,9 @@ Deno.test("the launcher refuses what the agent's loader refuses, with the same m
       { files: [], servers: ["a.example:6443"] },
     );
   });
+});
+
+Deno.test("in-cluster API server address as the agent's loader builds it (IPv6 bracketed)", () => {
+  deepStrictEqual(inClusterHostPort("10.96.0.1", "443"), "10.96.0.1:443");
+  deepStrictEqual(inClusterHostPort("fd00:10:96::1", "443"), "[fd00:10:96::1]:443");
 });
