@@ -15,7 +15,7 @@ import HistogramClass from "prom-client/lib/histogram.js";
 import type { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { getLogger } from "@logtape/logtape";
 import type { GpuStatus } from "../reconcile/gpu_status.ts";
-import type { CapChange, Telemetry } from "./telemetry.ts";
+import type { BudgetInfo, CapChange, Telemetry } from "./telemetry.ts";
 
 const Registry_: typeof Registry = RegistryClass;
 const Counter_: typeof Counter = CounterClass;
@@ -173,6 +173,9 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #reactionLatency: Histogram;
   #lastSuccess: Gauge;
   #staleness: Gauge;
+  #budget: Gauge;
+  #allocated: Gauge;
+  #overBudget: Gauge;
   #wattGauges: [WattField, Gauge<GpuLabel>][];
   #energy: Counter<GpuLabel>;
   #managed: Gauge<GpuLabel>;
@@ -292,6 +295,24 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       [],
     );
     this.#staleness.remove({});
+    // Node power budget: absent until a pass reports one, removed again when it goes away.
+    this.#budget = gauge(
+      "node_power_budget_watts",
+      "Node power budget in force (smaller of caps file budget and node annotation).",
+      [],
+    );
+    this.#allocated = gauge(
+      "node_power_allocated_watts",
+      "Power limits of all GPUs counted against the node power budget (capped GPUs at their " +
+        "cap, others at their enforced limit).",
+      [],
+    );
+    this.#overBudget = gauge(
+      "node_power_over_budget",
+      "1 when even every capped GPU at its minimum does not fit the node power budget, else 0.",
+      [],
+    );
+    for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
 
     new Gauge_({
       name: "process_resident_memory_bytes",
@@ -489,6 +510,20 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   reactionLatency(seconds: number): void {
     this.#safely("reactionLatency", () => {
       if (Number.isFinite(seconds) && seconds >= 0) this.#reactionLatency.observe(seconds);
+    });
+  }
+
+  budgetAllocated(info: BudgetInfo): void {
+    this.#safely("budgetAllocated", () => {
+      const { budgetMw, allocatedMw } = info;
+      if (typeof budgetMw !== "number" || !Number.isFinite(budgetMw)) {
+        for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
+        return;
+      }
+      this.#budget.set(budgetMw / 1000);
+      if (Number.isFinite(allocatedMw)) this.#allocated.set(allocatedMw / 1000);
+      else this.#allocated.remove({});
+      this.#overBudget.set(info.overBudget ? 1 : 0);
     });
   }
 }

@@ -212,14 +212,29 @@ export function agentPermissions(mode: AgentMode, options: AgentPermissionOption
   };
 }
 
+/** Each kind of a {@linkcode PermissionSet} and its Deno flag, in the order flags are written. */
+export const DENO_PERMISSION_FLAGS: ReadonlyArray<readonly [string, keyof PermissionSet]> = Object
+  .freeze(
+    [
+      ["--allow-read", "read"],
+      ["--allow-write", "write"],
+      ["--allow-ffi", "ffi"],
+      ["--allow-net", "net"],
+      ["--allow-env", "env"],
+      ["--ignore-env", "ignoreEnv"],
+      ["--allow-sys", "sys"],
+    ] as const,
+  );
+
 /**
  * Deno flags for a permission set, in a fixed order; a kind with an empty list is not granted.
  * Never `-A` and never `--allow-run`.
  */
 export function toDenoFlags(set: PermissionSet): string[] {
   const flags: string[] = [];
-  const add = (flag: string, values: readonly string[]) => {
-    if (values.length === 0) return;
+  for (const [flag, kind] of DENO_PERMISSION_FLAGS) {
+    const values = set[kind];
+    if (values.length === 0) continue;
     for (const value of values) {
       if (value === "" || value.includes(",")) {
         throw new PermissionSetError(
@@ -228,13 +243,6 @@ export function toDenoFlags(set: PermissionSet): string[] {
       }
     }
     flags.push(`${flag}=${values.join(",")}`);
-  };
-  add("--allow-read", set.read);
-  add("--allow-write", set.write);
-  add("--allow-ffi", set.ffi);
-  add("--allow-net", set.net);
-  add("--allow-env", set.env);
-  add("--ignore-env", set.ignoreEnv);
-  add("--allow-sys", set.sys);
+  }
   return flags;
 }

@@ -131,6 +131,7 @@ export class RecordingTelemetry implements Telemetry {
   reactionLatency(seconds: number): void {
     this.latencies.push(seconds);
   }
+  budgetAllocated(): void {}
 }
 
 /** A captured log line. */

@@ -38,6 +38,7 @@ export function recordingTelemetry(): Telemetry & { calls: string[]; count(p: st
     configReload: rec("configReload"),
     reconcileCompleted: rec("reconcileCompleted"),
     reactionLatency: rec("reactionLatency"),
+    budgetAllocated: rec("budgetAllocated"),
   };
 }
 
