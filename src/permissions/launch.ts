@@ -223,7 +223,11 @@ async function kubernetesAccess(
   childEnv: Record<string, string>,
 ): Promise<Partial<AgentPermissionOptions>> {
   const apiServer: string[] = [];
-  const access: Partial<AgentPermissionOptions> = { procRoot: opts.procRoot, apiServer };
+  const access: Partial<AgentPermissionOptions> = {
+    procRoot: opts.procRoot,
+    apiServer,
+    podResourcesSocket: opts.podGpuMapping === "processes" ? undefined : opts.podResourcesSocket,
+  };
   const host = env("KUBERNETES_SERVICE_HOST");
   const port = env("KUBERNETES_SERVICE_PORT");
   if (host && port) apiServer.push(inClusterHostPort(host, port));

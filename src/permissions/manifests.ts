@@ -44,6 +44,8 @@ export interface ContainerOptions {
   serviceAccountDir?: string;
   /** `--caps-file` of the node policy (Helm `nodePolicy`); none by default. */
   capsFile?: string;
+  /** The kubelet's PodResources socket, when the pod → GPU mapping reads it (default: none). */
+  podResourcesSocket?: string;
 }
 
 /** The kubernetes-mode permission set in the container. */
@@ -59,6 +61,7 @@ export function containerPermissionSet(options: ContainerOptions): PermissionSet
     metricsAddress: options.metricsAddress ?? CONTAINER_LAYOUT.metricsAddress,
     apiServer: options.apiServer,
     capsFile: options.capsFile,
+    podResourcesSocket: options.podResourcesSocket,
   });
 }
 
@@ -178,10 +181,13 @@ export function chartCommandSpec(): ChartCommandSpec {
         containerPermissionSet({ ...common, capsFile: CONTAINER_LAYOUT.nodePolicyFile }),
         base,
       ),
-      // The PodResources socket is granted by the definition once `--pod-gpu-mapping` exists
-      // (issue 11): pass it to containerPermissionSet here; the chart already applies the
-      // grants listed here when the mapping mode uses the socket.
-      podResources: [],
+      podResources: extraGrants(
+        containerPermissionSet({
+          ...common,
+          podResourcesSocket: CONTAINER_LAYOUT.podResourcesSocket,
+        }),
+        base,
+      ),
     },
     layout: {
       stateDir: CONTAINER_LAYOUT.stateDir,

@@ -165,6 +165,7 @@ function checkDaemonSet(objects: Obj[], shape: string): void {
       procRoot: argValue(args, "--proc-root"),
       stateDir,
       capsFile: argValue(args, "--caps-file"),
+      podResourcesSocket: argValue(args, "--pod-resources-socket"),
     })),
     `${shape}: container command does not match the kubernetes permission set`,
   );

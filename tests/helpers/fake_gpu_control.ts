@@ -13,7 +13,12 @@ import type {
 } from "../../src/nvml/gpu_control.ts";
 
 /** Methods of the fake that can be made to fail. */
-export type FakeGpuMethod = "readLimits" | "readSample" | "setLimit" | "computePids";
+export type FakeGpuMethod =
+  | "readLimits"
+  | "readSample"
+  | "setLimit"
+  | "computePids"
+  | "migDeviceUuids";
 
 /** Description of one simulated GPU; omitted fields get H100-like defaults. */
 export interface FakeGpuSpec {
@@ -32,6 +37,8 @@ export interface FakeGpuSpec {
   drawMw?: number | null;
   energyMj?: number | null;
   pids?: number[];
+  /** UUIDs of the GPU's MIG devices (default none: MIG off). */
+  migDeviceUuids?: string[];
 }
 
 /** One successful `setLimit` call. */
@@ -52,6 +59,7 @@ export const FAKE_NVML_FUNCTIONS: Readonly<Record<FakeGpuMethod, string>> = Obje
   readSample: "nvmlDeviceGetPowerUsage",
   setLimit: "nvmlDeviceSetPowerManagementLimit",
   computePids: "nvmlDeviceGetComputeRunningProcesses_v3",
+  migDeviceUuids: "nvmlDeviceGetMigDeviceHandleByIndex",
 });
 
 const CODES: Readonly<Record<string, number>> = Object.freeze({
@@ -107,6 +115,7 @@ interface FakeGpuState {
   drawMw: number | null;
   energyMj: number | null;
   pids: number[];
+  migDeviceUuids: string[];
   ignoreSets: boolean;
 }
 
@@ -145,6 +154,7 @@ export class FakeGpuControl implements GpuControl {
     readSample: 0,
     setLimit: 0,
     computePids: 0,
+    migDeviceUuids: 0,
   };
   #gpus: FakeGpuState[] = [];
   #failures = new Map<string, Failure>();
@@ -212,6 +222,11 @@ export class FakeGpuControl implements GpuControl {
     return [...this.#check(index, "computePids").pids];
   }
 
+  migDeviceUuids(index: number): string[] {
+    this.calls.migDeviceUuids++;
+    return [...this.#check(index, "migDeviceUuids").migDeviceUuids];
+  }
+
   close(): void {
     this.#closed = true;
   }
@@ -265,6 +280,11 @@ export class FakeGpuControl implements GpuControl {
     this.#state(index).pids = [...pids];
   }
 
+  /** Replace the MIG device UUIDs of GPU `index` (empty: MIG off). */
+  setMigDeviceUuids(index: number, uuids: string[]): void {
+    this.#state(index).migDeviceUuids = [...uuids];
+  }
+
   /** Change power draw / energy of GPU `index`. */
   setSample(index: number, sample: Partial<PowerSample>): void {
     const g = this.#state(index);
@@ -296,6 +316,7 @@ export class FakeGpuControl implements GpuControl {
       drawMw: spec.drawMw === undefined ? 95_000 : spec.drawMw,
       energyMj: spec.energyMj === undefined ? 0 : spec.energyMj,
       pids: [...(spec.pids ?? [])],
+      migDeviceUuids: [...(spec.migDeviceUuids ?? [])],
       ignoreSets: false,
     });
     this.#gpus.sort((a, b) => a.identity.index - b.identity.index);
