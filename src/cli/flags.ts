@@ -114,7 +114,7 @@ export const FLAGS: readonly FlagSpec[] = [
     type: "boolean",
     default: false,
     commands: ["run"],
-    help: "Log what would change; never touch a GPU or the journal",
+    help: "Print the plan (as `check` does); never touch a GPU, the journal or post an Event",
   }),
   flag({
     name: "restore-to",
@@ -140,6 +140,14 @@ export const FLAGS: readonly FlagSpec[] = [
     default: 60,
     commands: ["run"],
     help: "Readiness fails when the caps source has not synced for this long",
+  }),
+  flag({
+    name: "enforce-grace",
+    type: "number",
+    arg: "SECONDS",
+    default: 60,
+    commands: ["run"],
+    help: "Readiness fails when a wanted power limit has not been in place for this long",
   }),
   flag({
     name: "kubeconfig",
@@ -268,6 +276,7 @@ export interface AgentOptions {
   restoreTo: "baseline" | "default";
   metricsAddress: string;
   staleAfter: number;
+  enforceGrace: number;
   kubeconfig?: string;
   nodeName?: string;
   namespace?: string;

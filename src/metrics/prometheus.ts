@@ -82,6 +82,8 @@ export type GpuStatusLike = Pick<
   | "managed"
   | "baselineMw"
   | "desiredMw"
+  | "supported"
+  | "enforced"
   | "error"
 >;
 
@@ -180,6 +182,8 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #energy: Counter<GpuLabel>;
   #managed: Gauge<GpuLabel>;
   #readError: Gauge<GpuLabel>;
+  #enforced: Gauge<GpuLabel>;
+  #supported: Gauge<GpuLabel>;
 
   constructor(options: PrometheusTelemetryOptions) {
     this.#options = options;
@@ -212,7 +216,18 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     );
     this.#managed = gauge(
       "gpu_managed",
-      "1 when the agent currently manages the GPU's power limit, else 0.",
+      "1 when the agent has changed the GPU's power limit (verified) and not restored it, else 0.",
+      GPU_LABELS,
+    );
+    this.#enforced = gauge(
+      "gpu_enforced",
+      "1 when the GPU holds the power limit the agent wants on it, 0 when it does not; " +
+        "absent while unknown (desired caps unknown).",
+      GPU_LABELS,
+    );
+    this.#supported = gauge(
+      "gpu_power_limit_supported",
+      "0 when the GPU does not support software power limits (NVML NOT_SUPPORTED), else 1.",
       GPU_LABELS,
     );
     this.#readError = gauge(
@@ -391,6 +406,8 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     this.#energy.reset();
     this.#managed.reset();
     this.#readError.reset();
+    this.#enforced.reset();
+    this.#supported.reset();
     if (!this.#options.statuses) return;
     let statuses: GpuStatusLike[];
     try {
@@ -406,6 +423,10 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       const labels = { gpu: String(status.index), uuid: status.uuid, name: status.name };
       this.#managed.set(labels, status.managed ? 1 : 0);
       this.#readError.set(labels, status.error === undefined ? 0 : 1);
+      this.#supported.set(labels, status.supported === false ? 0 : 1);
+      if (status.enforced !== null && status.enforced !== undefined) {
+        this.#enforced.set(labels, status.enforced ? 1 : 0);
+      }
       for (const [field, gauge] of this.#wattGauges) {
         const mw = status[field];
         if (typeof mw === "number" && Number.isFinite(mw)) gauge.set(labels, mw / 1000);

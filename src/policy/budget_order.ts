@@ -7,7 +7,7 @@
  *    they are after step 1, read back: a lowering that failed leaves its GPU at the old limit,
  *    and a raise that would then overshoot waits for a later pass instead of being written.
  */
-import { formatWatts } from "../sources/annotation.ts";
+import { formatWatts } from "../reconcile/report.ts";
 import { type BudgetAllocation, type BudgetReduction, compareUuid } from "./budget.ts";
 
 /** One power-limit write a pass wants. */

@@ -13,7 +13,7 @@
  */
 import type { CapsSpec } from "../sources/caps_file.ts";
 import type { DesiredCap, DesiredCaps, GpuView } from "../sources/cap_source.ts";
-import { formatWatts } from "../sources/annotation.ts";
+import { formatWatts } from "../reconcile/report.ts";
 import { resolveFileCaps } from "./file_rules.ts";
 
 /** Options of {@link applyNodePolicy}. */

@@ -7,7 +7,8 @@
  * the annotation give a budget, the smaller wins; an invalid annotation is ignored (with a
  * warning) and the caps file's budget, if any, still applies. Pure.
  */
-import { formatWatts, parsePowerAnnotation, type PowerAnnotation } from "./annotation.ts";
+import { parsePowerAnnotation, type PowerAnnotation } from "./annotation.ts";
+import { formatWatts } from "../reconcile/report.ts";
 
 /** The node annotation that carries the node power budget in watts. */
 export const POWER_BUDGET_ANNOTATION = "gpu-power-agent.io/power-budget-watts";

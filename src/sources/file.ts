@@ -21,7 +21,7 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { dirname, resolve } from "node:path";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
-import { type Clock, systemClock } from "../reconcile/clock.ts";
+import { type Clock, systemClock } from "../clock.ts";
 import { describeCapsValue, resolveFileCaps } from "../policy/file_rules.ts";
 import type { CapSource, DesiredCaps, GpuView, SourceHealth } from "./cap_source.ts";
 import {

@@ -1,18 +1,7 @@
 /**
  * Metric names in PromQL expressions (alert rules, dashboard queries), and the check that each
- * one exists: in a scrape of the agent, among the documented external metrics, or — until the
- * issue that adds it is merged — in {@linkcode METRICS_PENDING_MERGE}.
+ * one exists: in a scrape of the agent, or among the documented external metrics.
  */
-
-/**
- * Metrics added by issues 8 and 12, which the alert rules and the dashboard already use.
- * A name is accepted from this list ONLY while the agent does not expose it; once the agent
- * exposes it the check fails, asking to delete the entry. The integrator deletes this list
- * after merging issues 8 and 12.
- */
-export const METRICS_PENDING_MERGE: Readonly<Record<string, string>> = {
-  gpu_power_agent_gpu_enforced: "issue 8",
-};
 
 /** Metrics of other exporters the alert rules rely on (documented in the rules file). */
 export const EXTERNAL_METRICS: ReadonlySet<string> = new Set([
@@ -59,24 +48,17 @@ export function metricNames(expr: string): string[] {
 }
 
 /**
- * Problems with the metric names of `exprs` given the names a scrape of the agent exposes:
- * unknown names, and entries of {@linkcode METRICS_PENDING_MERGE} the agent now exposes.
+ * Problems with the metric names of `exprs` given the names a scrape of the agent exposes: every
+ * name that is neither exposed nor a documented external metric.
  */
 export function metricNameProblems(
   exprs: Iterable<{ where: string; expr: string }>,
   exposed: ReadonlySet<string>,
 ): string[] {
   const problems: string[] = [];
-  for (const [name, issue] of Object.entries(METRICS_PENDING_MERGE)) {
-    if (exposed.has(name)) {
-      problems.push(
-        `${name} is exposed by the agent now (${issue} merged): delete it from METRICS_PENDING_MERGE`,
-      );
-    }
-  }
   for (const { where, expr } of exprs) {
     for (const name of metricNames(expr)) {
-      if (exposed.has(name) || EXTERNAL_METRICS.has(name) || name in METRICS_PENDING_MERGE) {
+      if (exposed.has(name) || EXTERNAL_METRICS.has(name)) {
         continue;
       }
       problems.push(`${where}: ${name} is not a metric of the agent's /metrics`);

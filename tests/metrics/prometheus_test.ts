@@ -26,6 +26,8 @@ function gpu(index: number, overrides: Partial<GpuStatusLike> = {}): GpuStatusLi
     managed: false,
     baselineMw: null,
     desiredMw: null,
+    supported: true,
+    enforced: null,
     ...overrides,
   };
 }

@@ -15,6 +15,7 @@ function gpu(index: number, name = H100, defaultMw = 700_000): GpuView {
     defaultMw,
     minMw: 100_000,
     maxMw: defaultMw,
+    pids: null,
   };
 }
 

@@ -3,7 +3,7 @@ import { CapsFileError } from "../../src/sources/caps_file.ts";
 import { createFileCapSource, type FileCapSource } from "../../src/sources/file.ts";
 import type { GpuView } from "../../src/sources/cap_source.ts";
 import type { Telemetry } from "../../src/metrics/telemetry.ts";
-import { type Clock, systemClock } from "../../src/reconcile/clock.ts";
+import { type Clock, systemClock } from "../../src/clock.ts";
 
 /** Fail instead of hanging when an expected event never comes. */
 const TIMEOUT_MS = 5_000;
@@ -17,6 +17,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
   {
     index: 1,
@@ -26,6 +27,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
 ];
 

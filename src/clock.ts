@@ -1,4 +1,4 @@
-/** Injected time source so tests can drive timers. */
+/** Injected time source so tests can drive timers; shared by the sources and the reconciler. */
 export interface Clock {
   /** Milliseconds since epoch. */
   now(): number;
