@@ -12,6 +12,7 @@
  * durable before a GPU is touched.
  */
 import { getLogger } from "@logtape/logtape";
+import { READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
 
 /** Journal record of one GPU the agent has changed. */
 export interface JournalEntry {
@@ -33,6 +34,16 @@ export interface LoadJournalOptions {
   readOnly?: boolean;
   /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
   now?: () => number;
+  /**
+   * For `restore`: an unreadable or corrupt file throws a {@linkcode JournalReadError} (and is
+   * left where it is) instead of a warning and an empty journal.
+   */
+  strict?: boolean;
+}
+
+/** The journal file exists but cannot be read or parsed (thrown with `strict` only). */
+export class JournalReadError extends Error {
+  override name = "JournalReadError";
 }
 
 /** Options of `Journal.recordBaseline`. */
@@ -239,8 +250,16 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
   const now = options.now ?? Date.now;
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    // Bounded: a journal that is a FIFO, a device or huge is refused, never read forever.
+    text = readBoundedTextSync(path, { limit: READ_LIMITS.journal, what: "journal" }).text;
   } catch (err) {
+    if (options.strict && !(err instanceof Deno.errors.NotFound)) {
+      throw new JournalReadError(
+        `Cannot read journal ${path}: ${errorText(err)}. Its GPUs cannot be restored until it ` +
+          `is readable; fix it or reset the GPUs with \`nvidia-smi -pl <watts>\``,
+        { cause: err },
+      );
+    }
     if (!(err instanceof Deno.errors.NotFound)) {
       logger.warn(
         "Cannot read journal {path}: {error}. Starting with an empty journal: GPUs changed by a " +
@@ -252,6 +271,13 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
     return new Journal(stateDir, new Map(), options);
   }
   const parsed = parseJournal(text);
+  if (typeof parsed === "string" && options.strict) {
+    throw new JournalReadError(
+      `Journal ${path} is corrupt (${parsed}); it was left in place. Its GPUs cannot be ` +
+        `restored from it: check \`gpu-power-agent status\` and reset them with ` +
+        `\`nvidia-smi -pl <watts>\` if needed`,
+    );
+  }
   if (typeof parsed === "string") {
     let movedTo: string | null = null;
     if (!options.dryRun && !options.readOnly) {
