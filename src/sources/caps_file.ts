@@ -464,7 +464,6 @@ export function excerpt(value: string): string {
   const chars = [...value.slice(0, EXCERPT_CHARS * 2 + 1)];
   const cut = chars.length > EXCERPT_CHARS;
   const quoted = JSON.stringify(chars.slice(0, EXCERPT_CHARS).join(""))
-    // deno-lint-ignore no-control-regex -- escaping them is the point
     .replace(
       /[\u007f-\u009f\u2028\u2029]/g,
       (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
@@ -618,8 +617,11 @@ export function formatKeyPath(path: readonly PathSegment[]): string {
   let out = "";
   for (const segment of path) {
     if (typeof segment === "number") out += `[${segment}]`;
-    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${excerpt(segment)}]`;
+    else if (segment.length <= EXCERPT_CHARS && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) {
+      out += out ? `.${segment}` : segment;
+    } else {
+      out += `[${excerpt(segment)}]`; // a long or unusual key: a quoted excerpt
+    }
   }
   return out;
 }
