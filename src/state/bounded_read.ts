@@ -102,8 +102,47 @@ export function formatBytes(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-function decode(buffer: Uint8Array, length: number): string {
-  return new TextDecoder().decode(buffer.subarray(0, length));
+/** Checks of the path's stat before it is opened, and of the opened file's fstat. */
+function checkFile(
+  path: string,
+  options: BoundedReadOptions,
+  stats: { before: Deno.FileInfo; opened?: Deno.FileInfo },
+): void {
+  refuseNonRegular(path, stats.opened ?? stats.before, options);
+  if (stats.opened) checkSame(path, stats.before, stats.opened, options.what);
+  else if (stats.before.size > options.limit) throw tooLarge(path, options);
+}
+
+/** The bytes read so far; never holds more than `limit + 1` of them. */
+class BoundedBuffer {
+  #buffer: Uint8Array<ArrayBuffer>;
+  #length = 0;
+
+  constructor(readonly path: string, readonly options: BoundedReadOptions, size: number) {
+    this.#buffer = new Uint8Array(Math.min(options.limit, Math.max(size, 4096)) + 1);
+  }
+
+  /** Where the next read goes; grows the buffer when full (`/proc` reports size 0, files grow). */
+  space(): Uint8Array<ArrayBuffer> {
+    if (this.#length === this.#buffer.length) {
+      if (this.#length > this.options.limit) throw tooLarge(this.path, this.options);
+      const wider = new Uint8Array(Math.min(this.options.limit + 1, this.#length * 4));
+      wider.set(this.#buffer);
+      this.#buffer = wider;
+    }
+    return this.#buffer.subarray(this.#length);
+  }
+
+  /** Count `n` bytes read; false at end of file. */
+  add(n: number | null): boolean {
+    if (n === null || n === 0) return false;
+    this.#length += n;
+    return true;
+  }
+
+  text(): string {
+    return new TextDecoder().decode(this.#buffer.subarray(0, this.#length));
+  }
 }
 
 /**
@@ -113,33 +152,13 @@ function decode(buffer: Uint8Array, length: number): string {
  */
 export function readBoundedTextSync(path: string, options: BoundedReadOptions): BoundedText {
   const before = Deno.statSync(path);
-  refuseNonRegular(path, before, options);
-  if (before.size > options.limit) throw tooLarge(path, options);
+  checkFile(path, options, { before });
   using file = Deno.openSync(path, { read: true });
   const info = file.statSync();
-  refuseNonRegular(path, info, options);
-  checkSame(path, before, info, options.what);
-  let buffer = new Uint8Array(Math.min(options.limit, Math.max(info.size, 4096)) + 1);
-  let length = 0;
-  for (;;) {
-    if (length === buffer.length) buffer = widen(buffer, path, options);
-    const n = file.readSync(buffer.subarray(length));
-    if (n === null || n === 0) return { text: decode(buffer, length), info };
-    length += n;
-  }
-}
-
-/** A full buffer: refuse when it already holds `limit + 1` bytes, else grow it (bounded). */
-function widen(
-  buffer: Uint8Array<ArrayBuffer>,
-  path: string,
-  options: BoundedReadOptions,
-): Uint8Array<ArrayBuffer> {
-  // `/proc` files report size 0 and files may grow after the stat: grow, never past limit + 1.
-  if (buffer.length > options.limit) throw tooLarge(path, options);
-  const wider = new Uint8Array(Math.min(options.limit + 1, buffer.length * 4));
-  wider.set(buffer);
-  return wider;
+  checkFile(path, options, { before, opened: info });
+  const bytes = new BoundedBuffer(path, options, info.size);
+  while (bytes.add(file.readSync(bytes.space())));
+  return { text: bytes.text(), info };
 }
 
 /**
@@ -151,18 +170,11 @@ export async function readBoundedText(
   options: BoundedReadOptions,
 ): Promise<BoundedText> {
   const before = await Deno.stat(path);
-  refuseNonRegular(path, before, options);
-  if (before.size > options.limit) throw tooLarge(path, options);
+  checkFile(path, options, { before });
   using file = await Deno.open(path, { read: true });
   const info = await file.stat();
-  refuseNonRegular(path, info, options);
-  checkSame(path, before, info, options.what);
-  let buffer = new Uint8Array(Math.min(options.limit, Math.max(info.size, 4096)) + 1);
-  let length = 0;
-  for (;;) {
-    if (length === buffer.length) buffer = widen(buffer, path, options);
-    const n = await file.read(buffer.subarray(length));
-    if (n === null || n === 0) return { text: decode(buffer, length), info };
-    length += n;
-  }
+  checkFile(path, options, { before, opened: info });
+  const bytes = new BoundedBuffer(path, options, info.size);
+  while (bytes.add(await file.read(bytes.space())));
+  return { text: bytes.text(), info };
 }

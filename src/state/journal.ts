@@ -12,7 +12,7 @@
  * durable before a GPU is touched.
  */
 import { getLogger } from "@logtape/logtape";
-import { READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
+import { BoundedReadError, READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
 
 /** Journal record of one GPU the agent has changed. */
 export interface JournalEntry {
@@ -248,29 +248,35 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
   const logger = getLogger(["gpu-power-agent", "journal"]);
   const path = joinPath(stateDir, JOURNAL_FILE);
   const now = options.now ?? Date.now;
-  let text: string;
+  let text: string | null = null;
+  let refused: string | null = null;
   try {
     // Bounded: a journal that is a FIFO, a device or huge is refused, never read forever.
     text = readBoundedTextSync(path, { limit: READ_LIMITS.journal, what: "journal" }).text;
   } catch (err) {
-    if (options.strict && !(err instanceof Deno.errors.NotFound)) {
+    if (err instanceof Deno.errors.NotFound) return new Journal(stateDir, new Map(), options);
+    if (options.strict) {
       throw new JournalReadError(
         `Cannot read journal ${path}: ${errorText(err)}. Its GPUs cannot be restored until it ` +
           `is readable; fix it or reset the GPUs with \`nvidia-smi -pl <watts>\``,
         { cause: err },
       );
     }
-    if (!(err instanceof Deno.errors.NotFound)) {
+    // Not a journal at all (FIFO, device, oversized): like a corrupt one, moved aside below
+    // rather than overwritten by the next save.
+    if (err instanceof BoundedReadError) {
+      refused = err.message;
+    } else {
       logger.warn(
         "Cannot read journal {path}: {error}. Starting with an empty journal: GPUs changed by a " +
           "previous run will not be restored automatically; fix the file's permissions and run " +
           "`gpu-power-agent restore`",
         { path, error: errorText(err) },
       );
+      return new Journal(stateDir, new Map(), options);
     }
-    return new Journal(stateDir, new Map(), options);
   }
-  const parsed = parseJournal(text);
+  const parsed = text === null ? refused! : parseJournal(text);
   if (typeof parsed === "string" && options.strict) {
     throw new JournalReadError(
       `Journal ${path} is corrupt (${parsed}); it was left in place. Its GPUs cannot be ` +

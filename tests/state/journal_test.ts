@@ -204,4 +204,11 @@ Deno.test("strict (restore): an unreadable journal (FIFO, device) throws at once
     assert.equal(loadJournal(tmp.dir, { readOnly: true }).size, 0);
   });
   assert.match(logs.find((l) => l.level === "warning")?.text ?? "", /FIFO/);
+  assert.ok(Deno.lstatSync(path).isFifo, "status never moves it");
+  // `run`: moved aside like a corrupt file, so the next save cannot overwrite the evidence.
+  await captureLogs(() => {
+    assert.equal(loadJournal(tmp.dir, { now }).size, 0);
+  });
+  assert.ok(Deno.lstatSync(`${path}.corrupt-${NOW}`).isFifo);
+  assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
 });
