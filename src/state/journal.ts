@@ -240,9 +240,11 @@ export class Journal {
 
 /**
  * Load `<stateDir>/journal.json`. A missing file (or directory) gives an empty journal; the
- * directory is created on first save. A corrupt file is logged as a warning, moved aside to
- * `journal.json.corrupt-<epoch ms>` (not in dry-run) and the journal starts empty. Never throws
- * for file content; an unreadable file is also a warning and an empty journal.
+ * directory is created on first save. The file is read through the bounded reader (regular file,
+ * at most 16 MiB). A corrupt file — or one that is not a regular file or is too large — is logged
+ * as a warning, moved aside to `journal.json.corrupt-<epoch ms>` (not in dry-run or read-only) and
+ * the journal starts empty; an unreadable file is also a warning and an empty journal. With
+ * `strict` (for `restore`) both throw a {@linkcode JournalReadError} instead and nothing moves.
  */
 export function loadJournal(stateDir: string, options: LoadJournalOptions = {}): Journal {
   const logger = getLogger(["gpu-power-agent", "journal"]);
