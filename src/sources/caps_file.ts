@@ -284,7 +284,11 @@ function parseJson(text: string, path: string): Parsed {
       if (match) offset = Number(match[1]);
     }
     throw new CapsFileError(path, [
-      withPosition({ keyPath: "", reason: `invalid JSON: ${reason}` }, text, offset),
+      withPosition(
+        { keyPath: "", reason: `invalid JSON: ${sanitizeMessage(reason)}` },
+        text,
+        offset,
+      ),
     ]);
   }
   let scan: JsonScan | undefined;
@@ -317,7 +321,11 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
     throw new CapsFileError(
       path,
       doc.errors.map((e) =>
-        withPosition({ keyPath: "", reason: `invalid YAML: ${e.message}` }, text, e.pos[0])
+        withPosition(
+          { keyPath: "", reason: `invalid YAML: ${sanitizeMessage(e.message)}` },
+          text,
+          e.pos[0],
+        )
       ),
     );
   }
@@ -333,7 +341,7 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
   } catch (error) {
     throw new CapsFileError(path, [{
       keyPath: "",
-      reason: `invalid YAML: ${(error as Error).message}`,
+      reason: `invalid YAML: ${sanitizeMessage((error as Error).message)}`,
     }]);
   }
   const locate: Locator = (p, target) => {
@@ -464,11 +472,25 @@ export function excerpt(value: string): string {
   const chars = [...value.slice(0, EXCERPT_CHARS * 2 + 1)];
   const cut = chars.length > EXCERPT_CHARS;
   const quoted = JSON.stringify(chars.slice(0, EXCERPT_CHARS).join(""))
-    .replace(
-      /[\u007f-\u009f\u2028\u2029]/g,
-      (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-    );
+    .replace(CONTROL_CHARS, unicodeEscape);
   return cut ? `${quoted.slice(0, -1)}…"` : quoted;
+}
+
+/**
+ * A parser's message with every long token (an alias, a tag, a scalar the library quotes) cut to
+ * {@linkcode EXCERPT_CHARS} characters and control characters escaped.
+ */
+function sanitizeMessage(message: string): string {
+  return message
+    .replace(/\S{41,}/g, (token) => `${[...token].slice(0, EXCERPT_CHARS).join("")}…`)
+    .replace(CONTROL_CHARS, unicodeEscape);
+}
+
+// deno-lint-ignore no-control-regex -- escaping them is the point
+const CONTROL_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+function unicodeEscape(c: string): string {
+  return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
 }
 
 function describeInput(input: unknown): string {

@@ -522,3 +522,9 @@ Deno.test("readCapsFile: a symlink out of the directory is refused; ..data symli
     await Deno.remove(outside, { recursive: true });
   }
 });
+
+Deno.test("a parser message quoting the file (an unresolved alias) is cut to a short excerpt", async () => {
+  const error = await parseError(`version: *S3CRET${"S".repeat(100)}\u0001\n`);
+  assert.match(error.message, /Unresolved alias .*: S3CRETS{34}…$/);
+  assert.ok(!error.message.includes("S".repeat(41)));
+});
