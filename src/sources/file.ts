@@ -43,7 +43,7 @@ export interface FileCapSourceOptions {
   debounceMs?: number;
   /**
    * Quiet time after a write to the caps file that was not followed by its close, ms; default
-   * 1000 (a writer pausing mid-file must not get its prefix applied).
+   * 2000 (a writer pausing mid-file must not get its prefix applied).
    */
   settleMs?: number;
 }
@@ -71,6 +71,10 @@ export class FileCapSource implements CapSource {
   #settleMs: number;
   /** A write to the caps file was seen and its close not yet. */
   #writing = false;
+  /** Write events seen on the caps file (a read is applied only if none came during it). */
+  #writeSeq = 0;
+  /** When the last write event on the caps file was seen (clock ms). */
+  #lastWriteMs = 0;
   #log: Logger;
 
   #spec: CapsSpec | null = null;
@@ -94,7 +98,7 @@ export class FileCapSource implements CapSource {
     this.#telemetry = options.telemetry ?? noopTelemetry;
     this.#clock = options.clock ?? systemClock;
     this.#debounceMs = options.debounceMs ?? 20;
-    this.#settleMs = options.settleMs ?? 1000;
+    this.#settleMs = options.settleMs ?? 2000;
     this.#log = getLogger(["gpu-power-agent", "file"]);
   }
 
@@ -182,7 +186,11 @@ export class FileCapSource implements CapSource {
     try {
       for await (const event of watcher) {
         if (event.paths.includes(this.path)) {
-          if (event.kind === "modify" || event.kind === "create") this.#writing = true;
+          if (event.kind === "modify" || event.kind === "create") {
+            this.#writing = true;
+            this.#writeSeq++;
+            this.#lastWriteMs = this.#clock.now();
+          }
           // Close after write (inotify IN_CLOSE_WRITE) or replaced by a rename: complete.
           if (event.kind === "access" || event.kind === "rename") this.#writing = false;
         }
@@ -215,7 +223,12 @@ export class FileCapSource implements CapSource {
 
   async #refresh(force: boolean): Promise<ReloadOutcome> {
     if (this.#stopped || this.#onChange === null) return "stopped";
-    this.#writing = false;
+    if (!force && this.#writing) {
+      // A writer has the file open: wait for its close, or for settleMs without writes.
+      if (this.#clock.now() - this.#lastWriteMs < this.#settleMs) return this.#later();
+      this.#writing = false;
+    }
+    const writeSeq = this.#writeSeq;
     let text: string | null;
     let info: Deno.FileInfo | null = null;
     try {
@@ -240,13 +253,10 @@ export class FileCapSource implements CapSource {
       return this.#reject((error as Error).message, "invalid");
     }
     if (this.#stopped) return "stopped";
-    if (info !== null && !(await this.#unchangedSince(info))) {
-      // Still being written: read it again once it settles.
-      this.#lastText = undefined;
-      this.#writing = true;
-      this.#schedule();
-      return "unchanged";
-    }
+    // Let queued watcher events in before deciding whether the file was written meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    if (info !== null && !(await this.#unchangedSince(info))) this.#writing = true;
+    if (this.#writing || (!force && writeSeq !== this.#writeSeq)) return this.#later();
     const recovered = this.#problem !== undefined;
     this.#accept(spec);
     this.#telemetry.configReload("success");
@@ -261,6 +271,13 @@ export class FileCapSource implements CapSource {
       this.#log.error("Caps file change handler failed: {error}", { error });
     }
     return "applied";
+  }
+
+  /** The file is still being written: forget this read and read it again once it settles. */
+  #later(): ReloadOutcome {
+    this.#lastText = undefined;
+    this.#schedule();
+    return "unchanged";
   }
 
   /** True when the file still has the size and mtime it had when it was read. */

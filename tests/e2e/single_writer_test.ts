@@ -16,6 +16,11 @@ Deno.test("restore beside a live agent is refused (journal intact); after kill -
   );
   try {
     await waitFor(() => fakeLimits(s).join() === "250000,250000", "caps applied");
+    const journalPath = `${s.stateDir}/journal.json`;
+    await waitFor(
+      () => Deno.readTextFileSync(journalPath).split('"appliedMw": 250000').length === 3,
+      "both caps journaled",
+    );
     const holder = Number((await Deno.readTextFile(`${s.stateDir}/agent.lock`)).trim());
     assert.ok(descendants(agent.child.pid).includes(holder), `lock holder ${holder} is the agent`);
     const journal = await Deno.readTextFile(`${s.stateDir}/journal.json`);

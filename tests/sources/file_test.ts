@@ -423,7 +423,7 @@ Deno.test("a write without its close waits for the settle time; the close applie
   await using h = await harness("version: 1\ndefault: {watts: 300}\n");
   const file = await Deno.open(h.path, { write: true, truncate: true });
   await file.write(new TextEncoder().encode("version: 1\ndefault: {watts: 250}\n"));
-  // Open for writing: the 20 ms debounce passes, nothing is applied (settle is 1 s).
+  // Open for writing: the 20 ms debounce passes, nothing is applied (settle is 2 s).
   await new Promise((r) => setTimeout(r, 300));
   assert.equal(h.changes(), 0);
   assert.equal(h.watts("GPU-0"), 300);
