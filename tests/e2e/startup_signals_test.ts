@@ -39,25 +39,17 @@ Deno.test("start-up, first LIST hanging: SIGHUP is queued, SIGTERM restores the 
   api.setFaults({ list: "hang" });
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const limits = () => readFakeState(fake.statePath).gpus.map((g) => g.limitMw);
-  const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "gpu-node-1",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    `${fake.dir}`,
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    stateDir,
-    "--metrics-address",
-    "off",
-  ], { env: fake.env });
+  const flags: Record<string, string> = {
+    "--source": "kubernetes",
+    "--kubeconfig": kubeconfig,
+    "--node-name": "gpu-node-1",
+    "--safe-default-watts": "500",
+    "--proc-root": fake.dir,
+    "--nvml-library": lib,
+    "--state-dir": stateDir,
+    "--metrics-address": "off",
+  };
+  const agent = spawnAgent(["run", ...Object.entries(flags).flat()], { env: fake.env });
   let exited = false;
   agent.status().then(() => exited = true);
   try {
