@@ -22,6 +22,7 @@ import {
 } from "../helpers/agent_process.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import { sampleValue } from "../metrics/exposition.ts";
+import { setupFileAgent } from "../helpers/file_agent.ts";
 
 const POD_ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 const BUDGET_ANNOTATION = "gpu-power-agent.io/power-budget-watts";
@@ -69,29 +70,12 @@ async function stop(agent: AgentProcess): Promise<void> {
   await agent.status();
 }
 
+/** Eight 700 W GPUs (min 200 W) starting at `startMw`, a caps file, metrics on a free port. */
 async function fileSetup(caps: string, startMw: number) {
-  const lib = await buildFakeNvml();
-  const fake = createFakeNvmlDir({
-    driverVersion: "580.159.04",
-    gpus: Array.from({ length: 8 }, (_, i) => makeGpu(i, { limitMw: startMw })),
-  });
-  const capsPath = `${fake.dir}/caps.yaml`;
-  await Deno.writeTextFile(capsPath, caps);
+  const s = await setupFileAgent(caps, Array(8).fill(startMw));
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const args = [
-    "run",
-    "--caps-file",
-    capsPath,
-    "--interval",
-    "1",
-    "--metrics-address",
-    `127.0.0.1:${port}`,
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-  ];
-  return { fake, capsPath, port, args, common: args.slice(-4) };
+  const args = ["run", "--caps-file", s.capsPath, "--interval", "1", "--metrics-address"];
+  return { ...s, port, args: [...args, `127.0.0.1:${port}`, ...s.common] };
 }
 
 Deno.test("worked example: 8 × 700 W, min 200 W, budget 4000 W → 500 W each; in sync ⇒ no write; lowers before raises", async () => {
