@@ -125,6 +125,8 @@ async function kubernetesModeBench(): Promise<Record<string, unknown>> {
       nodeName: "bench-node",
       procRoot: `${dir}/proc`,
     }),
+    "--pod-gpu-mapping",
+    "processes",
     "--nvml-library",
     lib,
     "--state-dir",
