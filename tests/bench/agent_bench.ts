@@ -125,8 +125,6 @@ async function kubernetesModeBench(): Promise<Record<string, unknown>> {
       nodeName: "bench-node",
       procRoot: `${dir}/proc`,
     }),
-    "--pod-gpu-mapping",
-    "processes",
     "--nvml-library",
     lib,
     "--state-dir",

@@ -59,11 +59,13 @@ async function latencyBench(): Promise<Record<string, unknown>> {
   const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
-    "--pod-gpu-mapping",
-    "pod-resources",
-    "--pod-resources-socket",
-    kubelet.socketPath,
+    ...kubernetesRunArgs({
+      kubeconfig,
+      nodeName: "bench-node",
+      procRoot: `${fake.dir}/proc`,
+      podGpuMapping: "pod-resources",
+      podResourcesSocket: kubelet.socketPath,
+    }),
     "--nvml-library",
     lib,
     "--state-dir",
@@ -159,11 +161,13 @@ async function rssBench(mapping: "processes" | "auto"): Promise<Record<string, u
   }
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
-    "--pod-gpu-mapping",
-    mapping,
-    "--pod-resources-socket",
-    kubelet.socketPath,
+    ...kubernetesRunArgs({
+      kubeconfig,
+      nodeName: "bench-node",
+      procRoot: `${fake.dir}/proc`,
+      podGpuMapping: mapping,
+      podResourcesSocket: kubelet.socketPath,
+    }),
     "--nvml-library",
     lib,
     "--state-dir",

@@ -48,11 +48,9 @@ Deno.test("pod-resources mapping: caps at allocation, time-slicing, MIG, unknown
       kubeconfig,
       nodeName: "gpu-node-1",
       procRoot: `${fake.dir}/no-proc`,
+      podGpuMapping: "pod-resources",
+      podResourcesSocket: kubelet.socketPath,
     }),
-    "--pod-gpu-mapping",
-    "pod-resources",
-    "--pod-resources-socket",
-    kubelet.socketPath,
     "--nvml-library",
     lib,
     "--state-dir",
@@ -154,11 +152,13 @@ Deno.test("auto mapping: no PodResources socket → pods map through their proce
   const port = 20000 + Math.floor(Math.random() * 20000);
   const socket = `${fake.dir}/pod-resources/kubelet.sock`;
   const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig, nodeName: "gpu-node-1", procRoot: proc }),
-    "--pod-gpu-mapping",
-    "auto",
-    "--pod-resources-socket",
-    socket,
+    ...kubernetesRunArgs({
+      kubeconfig,
+      nodeName: "gpu-node-1",
+      procRoot: proc,
+      podGpuMapping: "auto",
+      podResourcesSocket: socket,
+    }),
     "--nvml-library",
     lib,
     "--state-dir",

@@ -166,6 +166,13 @@ export interface KubernetesRunArgsOptions {
   procRoot: string;
   /** Default 500. */
   safeDefaultWatts?: number;
+  /**
+   * `--pod-gpu-mapping` (default `processes`: tests never ask a kubelet they did not start, e.g.
+   * the real one on a node).
+   */
+  podGpuMapping?: "auto" | "pod-resources" | "processes";
+  /** `--pod-resources-socket` (the in-test kubelet's). */
+  podResourcesSocket?: string;
 }
 
 /** `run --source kubernetes …` with the flags every Kubernetes-mode test needs. */
@@ -182,5 +189,8 @@ export function kubernetesRunArgs(options: KubernetesRunArgsOptions): string[] {
     String(options.safeDefaultWatts ?? 500),
     "--proc-root",
     options.procRoot,
+    "--pod-gpu-mapping",
+    options.podGpuMapping ?? "processes",
+    ...(options.podResourcesSocket ? ["--pod-resources-socket", options.podResourcesSocket] : []),
   ];
 }
