@@ -34,7 +34,7 @@ import {
 } from "./kubernetes_informer.ts";
 import { KubeEventRecorder } from "./kubernetes_events.ts";
 import { PodIndex, type PodRecord } from "./kubernetes_pod_index.ts";
-import type { PodResourcesClient } from "./pod_resources.ts";
+import type { PodAllocation, PodResourcesClient } from "./pod_resources.ts";
 import {
   DEFAULT_GPU_RESOURCE_NAMES,
   mapAllocationsToGpus,
@@ -155,6 +155,8 @@ export class KubernetesCapSource implements CapSource {
   #migDevices = new Map<string, readonly string[]>();
   /** UIDs of the pods allocated a GPU of this node, as of the last `desired()`. */
   #allocatedUids = new Set<string>();
+  #migCheckedFor: readonly PodAllocation[] | null = null;
+  #migAllocated = false;
 
   constructor(client: KubeClient, options: KubernetesSourceOptions) {
     this.#o = {
@@ -195,9 +197,20 @@ export class KubernetesCapSource implements CapSource {
     return this.#mapping !== "pod-resources";
   }
 
-  /** MIG device UUIDs are needed to map allocated MIG devices to their GPUs. */
+  /**
+   * MIG device UUIDs are needed (read each pass) only while the kubelet reports a MIG device
+   * (`MIG-…`): they map it to its GPU.
+   */
   get needsMigDevices(): boolean {
-    return this.#tracker !== null;
+    const allocations = this.#tracker?.allocations();
+    if (!allocations) return false;
+    if (this.#migCheckedFor !== allocations) {
+      this.#migCheckedFor = allocations;
+      this.#migAllocated = allocations.some((pod) =>
+        pod.containers.some((c) => c.devices.some((d) => d.deviceIds.some(isMigDeviceId)))
+      );
+    }
+    return this.#migAllocated;
   }
 
   /** How pods are mapped to GPUs. */
@@ -613,6 +626,11 @@ export class KubernetesCapSource implements CapSource {
     if (this.#probeTimer !== null) this.#o.clock.clearTimeout(this.#probeTimer);
     this.#probeTimer = null;
   }
+}
+
+/** MIG device UUIDs (`MIG-<uuid>`, and the pre-R470 `MIG-GPU-<uuid>/<gi>/<ci>`). */
+function isMigDeviceId(id: string): boolean {
+  return id.startsWith("MIG-");
 }
 
 /**

@@ -55,7 +55,7 @@ Deno.test("pod-resources: an annotated pod allocated a GPU is capped with no pro
     source: { podGpuMapping: "pod-resources", podResources: podResources(kubelet) },
   });
   assert.equal(f.source.needsPids, false, "no PIDs are read");
-  assert.equal(f.source.needsMigDevices, true);
+  assert.equal(f.source.needsMigDevices, false, "no MIG device allocated: none read");
   f.server.addPod({ name: "llm-0", namespace: "ml", annotations: { [KEY]: "250" } });
   await waitFor(() => f.source.stats().pods === 1, "pod seen");
   assert.deepEqual(f.caps(), { [GPU0]: 250_000 });
@@ -138,6 +138,7 @@ Deno.test("pod event: the kubelet is asked until the pod's devices appear; non-G
   f.gpu.setMigDeviceUuids(1, ["MIG-aaaa-1111"]);
   kubelet.pods = [gpuPod("ml", "llm-0", ["MIG-aaaa-1111"], "nvidia.com/mig-1g.10gb")];
   await waitFor(() => f.source.stats().podResources?.pods === 1, "devices seen");
+  assert.equal(f.source.needsMigDevices, true, "a MIG device is allocated: read them");
   assert.deepEqual(f.caps(), { [GPU1]: 300_000 });
   const settled = kubelet.lists;
   await new Promise((r) => setTimeout(r, 40));
