@@ -9,28 +9,26 @@
  *   annotation churn (8 pods, each with a process and an allocation).
  * Prints figures; asserts nothing about time. Usage: deno run -A tests/bench/pod_resources_latency.ts
  */
-import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { createFakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
-import { descendants, kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
-import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { createFakeNvmlDir, type FakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
+import { type AgentProcess, descendants, waitFor } from "../helpers/agent_process.ts";
+import {
+  kubernetesBenchNode,
+  percentile,
+  procStatus,
+  spawnKubernetesBenchAgent,
+} from "./agent_bench.ts";
+import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import type { PodAllocation } from "../../src/sources/pod_resources.ts";
-import { gpuPod, startKubeletPodResourcesServer } from "../helpers/kubelet_pod_resources_server.ts";
+import {
+  gpuPod,
+  type KubeletPodResourcesServer,
+  startKubeletPodResourcesServer,
+} from "../helpers/kubelet_pod_resources_server.ts";
 
 const GPUS = 8;
 const ROUNDS = Number(Deno.env.get("BENCH_EDITS") ?? 40);
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 const LIMITS = { "nvidia.com/gpu": "1" };
-
-function procStatus(pid: number, key: string): number {
-  const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
-    new RegExp(`^${key}:\\s+(\\d+) kB`, "m"),
-  );
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
 
 function summary(values: number[]) {
   const sorted = [...values].sort((a, b) => a - b);
@@ -40,6 +38,20 @@ function summary(values: number[]) {
     p99: percentile(sorted, 99),
     max: sorted.at(-1),
   };
+}
+
+/** Stops the agent (SIGTERM: it restores the GPUs), then the in-test servers. */
+async function stopAll(
+  agent: AgentProcess,
+  api: FakeApiServer,
+  kubelet: KubeletPodResourcesServer,
+  fake: FakeNvmlDir,
+): Promise<void> {
+  agent.kill("SIGTERM");
+  await agent.status();
+  await api.close();
+  await kubelet.close();
+  fake.cleanup();
 }
 
 /** Epoch ms of the first set of `uuid` to `mw` logged at or after line `from`; null if none. */
@@ -52,30 +64,17 @@ function setAt(lines: string[], from: number, uuid: string, mw: number): number 
 }
 
 async function latencyBench(): Promise<Record<string, unknown>> {
-  const lib = await buildFakeNvml();
   const state = makeFakeState(GPUS);
   const fake = createFakeNvmlDir(state);
   const kubelet = await startKubeletPodResourcesServer();
   const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
   const kubeconfig = await api.writeKubeconfig(fake.dir);
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({
-      kubeconfig,
-      nodeName: "bench-node",
-      procRoot: `${fake.dir}/proc`,
-      podGpuMapping: "pod-resources",
-      podResourcesSocket: kubelet.socketPath,
-    }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
-    "--no-events",
-    "--log-level",
-    "warning",
-  ], { env: fake.env });
+  const agent = await spawnKubernetesBenchAgent({
+    fake,
+    kubeconfig,
+    socket: kubelet.socketPath,
+    mapping: "pod-resources",
+  });
   const reported: number[] = [];
   const late: number[] = [];
   try {
@@ -127,57 +126,21 @@ async function latencyBench(): Promise<Record<string, unknown>> {
       kubeletCalls: await kubelet.calls(),
     };
   } finally {
-    agent.kill("SIGTERM");
-    await agent.status();
-    await api.close();
-    await kubelet.close();
-    fake.cleanup();
+    await stopAll(agent, api, kubelet, fake);
   }
 }
 
 async function rssBench(mapping: "processes" | "auto"): Promise<Record<string, unknown>> {
-  const lib = await buildFakeNvml();
-  const state = makeFakeState(GPUS);
-  for (let i = 0; i < GPUS; i++) state.gpus[i].processes = [{ pid: 5000 + i, usedGpuMemory: 1 }];
-  const fake = createFakeNvmlDir(state);
+  const { fake, api, kubeconfig, state } = await kubernetesBenchNode({ limits: LIMITS });
   const kubelet = await startKubeletPodResourcesServer(
     state.gpus.map((g, i) => gpuPod("bench", `pod-${i}`, [g.uuid])),
   );
-  const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
-  for (let i = 0; i < GPUS; i++) {
-    const uid = `00000000-0000-0000-0000-${String(i).padStart(12, "0")}`;
-    Deno.mkdirSync(`${fake.dir}/proc/${5000 + i}`, { recursive: true });
-    Deno.writeTextFileSync(
-      `${fake.dir}/proc/${5000 + i}/cgroup`,
-      `0::/kubepods/burstable/pod${uid}/c${i}\n`,
-    );
-    api.addPod({
-      name: `pod-${i}`,
-      namespace: "bench",
-      uid,
-      annotations: { [ANNOTATION]: "300" },
-      limits: LIMITS,
-    });
-  }
-  const kubeconfig = await api.writeKubeconfig(fake.dir);
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({
-      kubeconfig,
-      nodeName: "bench-node",
-      procRoot: `${fake.dir}/proc`,
-      podGpuMapping: mapping,
-      podResourcesSocket: kubelet.socketPath,
-    }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
-    "--no-events",
-    "--log-level",
-    "warning",
-  ], { env: fake.env });
+  const agent = await spawnKubernetesBenchAgent({
+    fake,
+    kubeconfig,
+    socket: kubelet.socketPath,
+    mapping,
+  });
   try {
     await waitFor(() => fake.readLog().length >= GPUS, "initial caps", 30_000);
     const pid = descendants(agent.child.pid).at(-1)!;
@@ -193,11 +156,7 @@ async function rssBench(mapping: "processes" | "auto"): Promise<Record<string, u
       kubeletCalls: await kubelet.calls(),
     };
   } finally {
-    agent.kill("SIGTERM");
-    await agent.status();
-    await api.close();
-    await kubelet.close();
-    fake.cleanup();
+    await stopAll(agent, api, kubelet, fake);
   }
 }
 

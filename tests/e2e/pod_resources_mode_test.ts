@@ -5,8 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { createFakeNvmlDir, makeGpu, readFakeState } from "../helpers/fake_state.ts";
-import { kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import {
+  createFakeNvmlDir,
+  type FakeNvmlDir,
+  makeGpu,
+  readFakeState,
+} from "../helpers/fake_state.ts";
+import {
+  type AgentProcess,
+  kubernetesRunArgs,
+  spawnAgent,
+  waitFor,
+} from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import { gpuPod, startKubeletPodResourcesServer } from "../helpers/kubelet_pod_resources_server.ts";
 import { sampleValue } from "../metrics/exposition.ts";
@@ -16,8 +26,32 @@ const GPU = [0, 1, 2].map((i) => makeGpu(i).uuid);
 const MIG = "MIG-5c3b0a1e-0000-4000-8000-000000000002";
 const GPU_LIMITS = { "nvidia.com/gpu": "1" };
 
+/** The scoped agent in Kubernetes mode with `mapping`, the fake NVML and metrics on `port`. */
+async function spawnMappedAgent(options: {
+  fake: FakeNvmlDir;
+  kubeconfig: string;
+  port: number;
+  procRoot: string;
+  mapping: "auto" | "pod-resources";
+  socket: string;
+  extra?: string[];
+}): Promise<AgentProcess> {
+  return spawnAgent([
+    ...kubernetesRunArgs({
+      kubeconfig: options.kubeconfig,
+      nodeName: "gpu-node-1",
+      procRoot: options.procRoot,
+      podGpuMapping: options.mapping,
+      podResourcesSocket: options.socket,
+      nvmlLibrary: await buildFakeNvml(),
+      stateDir: `${options.fake.dir}/state`,
+      metricsAddress: `127.0.0.1:${options.port}`,
+    }),
+    ...options.extra ?? [],
+  ], { env: options.fake.env });
+}
+
 Deno.test("pod-resources mapping: caps at allocation, time-slicing, MIG, unknown devices, kubelet restart", async () => {
-  const lib = await buildFakeNvml();
   // No process on any GPU: only the kubelet's allocations tell which pod uses which GPU.
   const fake = createFakeNvmlDir({
     driverVersion: "580.159.04",
@@ -43,23 +77,15 @@ Deno.test("pod-resources mapping: caps at allocation, time-slicing, MIG, unknown
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const port = 20000 + Math.floor(Math.random() * 20000);
   const limits = () => readFakeState(fake.statePath).gpus.map((g) => g.limitMw);
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({
-      kubeconfig,
-      nodeName: "gpu-node-1",
-      procRoot: `${fake.dir}/no-proc`,
-      podGpuMapping: "pod-resources",
-      podResourcesSocket: kubelet.socketPath,
-    }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${port}`,
-    "--stale-after",
-    "1",
-  ], { env: fake.env });
+  const agent = await spawnMappedAgent({
+    fake,
+    kubeconfig,
+    port,
+    procRoot: `${fake.dir}/no-proc`,
+    mapping: "pod-resources",
+    socket: kubelet.socketPath,
+    extra: ["--stale-after", "1"],
+  });
   const readyz = async () => {
     const r = await fetch(`http://127.0.0.1:${port}/readyz`);
     return { status: r.status, body: await r.text() };
@@ -137,7 +163,6 @@ Deno.test("pod-resources mapping: caps at allocation, time-slicing, MIG, unknown
 });
 
 Deno.test("auto mapping: no PodResources socket → pods map through their processes", async () => {
-  const lib = await buildFakeNvml();
   const fake = createFakeNvmlDir({
     driverVersion: "580.159.04",
     gpus: [makeGpu(0), makeGpu(1, { processes: [{ pid: 4343, usedGpuMemory: 1 << 30 }] })],
@@ -151,21 +176,14 @@ Deno.test("auto mapping: no PodResources socket → pods map through their proce
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const port = 20000 + Math.floor(Math.random() * 20000);
   const socket = `${fake.dir}/pod-resources/kubelet.sock`;
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({
-      kubeconfig,
-      nodeName: "gpu-node-1",
-      procRoot: proc,
-      podGpuMapping: "auto",
-      podResourcesSocket: socket,
-    }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${port}`,
-  ], { env: fake.env });
+  const agent = await spawnMappedAgent({
+    fake,
+    kubeconfig,
+    port,
+    procRoot: proc,
+    mapping: "auto",
+    socket,
+  });
   try {
     await waitFor(
       () => readFakeState(fake.statePath).gpus.map((g) => g.limitMw).join() === "700000,275000",

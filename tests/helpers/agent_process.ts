@@ -173,6 +173,12 @@ export interface KubernetesRunArgsOptions {
   podGpuMapping?: "auto" | "pod-resources" | "processes";
   /** `--pod-resources-socket` (the in-test kubelet's). */
   podResourcesSocket?: string;
+  /** `--nvml-library` (the fake's path). */
+  nvmlLibrary?: string;
+  /** `--state-dir`. */
+  stateDir?: string;
+  /** `--metrics-address`. */
+  metricsAddress?: string;
 }
 
 /** `run --source kubernetes …` with the flags every Kubernetes-mode test needs. */
@@ -192,5 +198,8 @@ export function kubernetesRunArgs(options: KubernetesRunArgsOptions): string[] {
     "--pod-gpu-mapping",
     options.podGpuMapping ?? "processes",
     ...(options.podResourcesSocket ? ["--pod-resources-socket", options.podResourcesSocket] : []),
+    ...(options.nvmlLibrary ? ["--nvml-library", options.nvmlLibrary] : []),
+    ...(options.stateDir ? ["--state-dir", options.stateDir] : []),
+    ...(options.metricsAddress ? ["--metrics-address", options.metricsAddress] : []),
   ];
 }
