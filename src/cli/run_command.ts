@@ -9,8 +9,12 @@ import type { AgentOptions } from "./flags.ts";
 import { UsageError } from "./flags.ts";
 import { wattsToMw } from "./units.ts";
 import type { CapSource } from "../sources/cap_source.ts";
+import type { GpuControl } from "../nvml/gpu_control.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
-import { loadJournal } from "../state/journal.ts";
+import { type Journal, loadJournal } from "../state/journal.ts";
+import { acquireStateLock, type StateLock } from "../state/state_lock.ts";
+import { restoreAll } from "../reconcile/restore.ts";
+import { installRunSignals, type RunSignals, STOPPED, unlessStopped } from "./signals.ts";
 import { ReconcileLoop } from "../reconcile/loop.ts";
 import { collectGpuStatus } from "../reconcile/gpu_status.ts";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
@@ -109,12 +113,27 @@ interface LiveState {
 
 /** Run `run` until a termination signal (or after one pass with --once). */
 export async function runCommand(ctx: CommandContext): Promise<number> {
+  // First thing: a stop or reload during start-up must not kill the agent (see signals.ts).
+  const signals = installRunSignals();
+  // Released by the kernel when the process exits, SIGKILL included.
+  let lock: StateLock | undefined;
+  try {
+    // The caps file is validated before any GPU is touched (invalid at start: exit 2).
+    if (selectSource(ctx.options) === "file") await readCapsFile(ctx.options.capsFile!);
+    // One writer per state dir; also proves the dir is usable (exit 2 if not). A dry run writes
+    // nothing and may run beside the service.
+    if (!ctx.options.dryRun) lock = acquireStateLock(ctx.options.stateDir, { command: "run" });
+    return await runLocked(ctx, signals);
+  } finally {
+    signals.dispose();
+    lock?.release();
+  }
+}
+
+async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<number> {
   const o = ctx.options;
   const log = getLogger(["gpu-power-agent", "run"]);
   const kind = selectSource(o);
-
-  // The caps file is validated before any GPU is touched (invalid at start: exit 2).
-  if (kind === "file") await readCapsFile(o.capsFile!);
 
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });
@@ -142,10 +161,15 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     })
     : undefined;
   const telemetry: Telemetry = prom ?? noopTelemetry;
+  const stopDuringStartup = (source?: SourceWithReload) =>
+    restoreDuringStartup(gpu, { journal, telemetry, options: o, signals, source });
 
-  const source = await createSource(kind, { options: o, telemetry });
+  const created = await unlessStopped(signals, createSource(kind, { options: o, telemetry }));
+  if (created === STOPPED) return await stopDuringStartup();
+  const source = created;
   live.source = source;
-  await source.start(() => live.loop?.trigger());
+  const started = await unlessStopped(signals, source.start(() => live.loop?.trigger()));
+  if (started === STOPPED) return await stopDuringStartup(source);
   log.info("Caps source {source} ready; {count} GPU(s) on driver {driver}", {
     source: source.name,
     count: gpu.listGpus().length,
@@ -201,6 +225,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   }
 
   const code = await untilStopped(loop, {
+    signals,
     dryRun: o.dryRun,
     reload: () => source.reload?.(),
     cleanup: async () => {
@@ -214,8 +239,45 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   return code;
 }
 
+/** Options of {@linkcode restoreDuringStartup}. */
+interface StartupStopOptions {
+  journal: Journal;
+  telemetry: Telemetry;
+  options: AgentOptions;
+  signals: RunSignals;
+  /** The source, when it was created (it may still be starting). */
+  source?: SourceWithReload;
+}
+
+/**
+ * A stop signal during start-up: restore what the journal holds (a crashed predecessor's caps),
+ * stop the source and exit 0 (1 if a GPU could not be restored).
+ */
+async function restoreDuringStartup(gpu: GpuControl, opts: StartupStopOptions): Promise<number> {
+  const log = getLogger(["gpu-power-agent", "run"]);
+  log.info("{signal} during start-up: restoring every GPU in the journal, then exiting", {
+    signal: opts.signals.stopSignal(),
+  });
+  let code: number = EXIT.ok;
+  if (!opts.options.dryRun) {
+    const report = restoreAll(gpu, {
+      journal: opts.journal,
+      reason: "shutdown",
+      restoreTo: opts.options.restoreTo,
+      telemetry: opts.telemetry,
+    });
+    if (!report.ok) code = EXIT.failure;
+  }
+  if (opts.source) await bounded(opts.source.stop(), SHUTDOWN_STEP_MS);
+  gpu.close();
+  log.info("Stopped");
+  return code;
+}
+
 /** Options of {@linkcode untilStopped}. */
 interface UntilStoppedOptions {
+  /** Installed at start; the first SIGTERM/SIGINT stops the loop. */
+  signals: RunSignals;
   dryRun: boolean;
   /** SIGHUP handler (the file source re-reads its file). */
   reload: () => void | Promise<void>;
@@ -229,42 +291,23 @@ interface UntilStoppedOptions {
  */
 async function untilStopped(loop: ReconcileLoop, options: UntilStoppedOptions): Promise<number> {
   const log = getLogger(["gpu-power-agent", "run"]);
-  const done = Promise.withResolvers<number>();
-  let stopping = false;
-  const onStop = (signal: Deno.Signal) => {
-    if (stopping) return; // e.g. Ctrl-C reaches both the launcher and the agent
-    stopping = true;
-    log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
-    (async () => {
-      let code: number = EXIT.ok;
-      try {
-        const restored = await loop.stop({ restore: !options.dryRun });
-        if (restored && !restored.ok) code = EXIT.failure;
-      } catch (err) {
-        log.error("Shutdown failed: {error}", { error: (err as Error).message });
-        code = EXIT.failure;
-      }
-      await options.cleanup();
-      done.resolve(code);
-    })();
-  };
-  const onHup = () => {
+  options.signals.onReload(() => {
     log.info("SIGHUP: reloading the caps source");
     Promise.resolve(options.reload()).catch((err) =>
       log.error("Reload failed: {error}", { error: (err as Error).message })
     );
-  };
-  const sigterm = () => onStop("SIGTERM");
-  const sigint = () => onStop("SIGINT");
-  Deno.addSignalListener("SIGTERM", sigterm);
-  Deno.addSignalListener("SIGINT", sigint);
-  Deno.addSignalListener("SIGHUP", onHup);
+  });
+  loop.start();
+  const signal = await options.signals.stopped;
+  log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
+  let code: number = EXIT.ok;
   try {
-    loop.start();
-    return await done.promise;
-  } finally {
-    Deno.removeSignalListener("SIGTERM", sigterm);
-    Deno.removeSignalListener("SIGINT", sigint);
-    Deno.removeSignalListener("SIGHUP", onHup);
+    const restored = await loop.stop({ restore: !options.dryRun });
+    if (restored && !restored.ok) code = EXIT.failure;
+  } catch (err) {
+    log.error("Shutdown failed: {error}", { error: (err as Error).message });
+    code = EXIT.failure;
   }
+  await options.cleanup();
+  return code;
 }

@@ -24,7 +24,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { decideGpuCap, type OutcomeEvent, outcomeEvents } from "../policy/shared_gpu.ts";
 import { DEFAULT_POWER_ANNOTATION } from "./annotation.ts";
-import { type KubeClient, type KubeConfigLibrary, loadKubeClient } from "./kubernetes_client.ts";
+import { type KubeClient, loadKubeClient } from "./kubernetes_client.ts";
 import {
   type BackoffOptions,
   type InformerStats,
@@ -101,8 +101,6 @@ export interface KubernetesSourceOptions {
   probeMaxMs?: number;
   /** Jitter source (default Math.random). */
   random?: () => number;
-  /** Which copy of the client library's KubeConfig to load (default `bundle`). */
-  library?: KubeConfigLibrary;
   /** `--pod-gpu-mapping` (default `processes` here; the CLI's default is `auto`). */
   podGpuMapping?: PodGpuMapping;
   /** `--pod-resources-socket` (default `/var/lib/kubelet/pod-resources/kubelet.sock`). */
@@ -654,7 +652,6 @@ export async function createKubernetesCapSource(
   }
   const client = await loadKubeClient({
     kubeconfigPath: options.kubeconfigPath,
-    library: options.library,
     requestTimeoutMs: options.requestTimeoutMs,
   });
   return new KubernetesCapSource(client, options);

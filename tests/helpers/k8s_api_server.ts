@@ -79,6 +79,11 @@ export interface RecordedRequest {
 export interface FakeApiServerOptions {
   /** Bearer token clients must send (default `test-token`). */
   token?: string;
+  /**
+   * `false`: accept requests without a bearer token (a TLS front in the test authenticates
+   * them by client certificate). Default true.
+   */
+  requireToken?: boolean;
   /** Port to listen on (default: any free port). */
   port?: number;
   /** Node name used by `addPod` when the input has none (default `node-a`). */
@@ -191,7 +196,8 @@ export class FakeApiServer {
   readonly requests: RecordedRequest[] = [];
   /** Bodies of created Events, in order. */
   readonly events: Array<Record<string, unknown>> = [];
-  readonly token: string;
+  /** Bearer token clients must send; a test may change it (token rotation). */
+  token: string;
   /** Node used by `addPod` when none is given. */
   readonly defaultNodeName: string;
 
@@ -286,7 +292,7 @@ export class FakeApiServer {
     this.#options = { ...this.#options, nodesForbidden: forbidden };
   }
 
-  /** Write a kubeconfig pointing at this server (http + bearer token); returns its path. */
+  /** Write a kubeconfig pointing at this server (plain http + bearer token); returns its path. */
   async writeKubeconfig(dir: string, options: { token?: string } = {}): Promise<string> {
     const path = `${dir}/kubeconfig`;
     const config = {
@@ -294,7 +300,7 @@ export class FakeApiServer {
       kind: "Config",
       clusters: [{
         name: "fake",
-        cluster: { server: this.url, "insecure-skip-tls-verify": true },
+        cluster: { server: this.url },
       }],
       users: [{ name: "agent", user: { token: options.token ?? this.token } }],
       contexts: [{ name: "fake", context: { cluster: "fake", user: "agent" } }],
@@ -548,7 +554,10 @@ export class FakeApiServer {
     const fail = (code: number, message: string) =>
       respond(code, statusBody(code, REASONS[code] ?? "Unknown", message));
 
-    if (request.headers.get("authorization") !== `Bearer ${this.token}`) {
+    const authorization = request.headers.get("authorization");
+    if (this.#options.requireToken === false && authorization === null) {
+      // Authenticated by the TLS front (client certificate).
+    } else if (authorization !== `Bearer ${this.token}`) {
       this.counters.unauthorized++;
       return fail(401, "Unauthorized");
     }
