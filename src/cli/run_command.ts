@@ -21,6 +21,7 @@ import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
 import { systemClock } from "../clock.ts";
 import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
+import { parseGpuResourceNames } from "../sources/pod_resources_devices.ts";
 
 const VERSION = "0.1.0";
 /** Longest wait for stopping the source or the HTTP server after the GPUs are restored. */
@@ -98,6 +99,9 @@ async function createSource(
     telemetry: opts.telemetry,
     clock: systemClock,
     staleAfterMs: o.staleAfter * 1000,
+    podGpuMapping: o.podGpuMapping,
+    podResourcesSocket: o.podResourcesSocket,
+    gpuResourceNames: parseGpuResourceNames(o.gpuResourceNames),
   });
   if (!o.capsFile && !o.nodeBudgetAnnotation) return pods;
   // The caps file is the node policy; the node annotation a node power budget.
@@ -165,6 +169,10 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
         }),
       staleness: () =>
         live.source ? sourceStalenessSeconds(live.source.health(), Date.now()) : null,
+      podResources: () => {
+        const health = live.source?.podResourcesHealth?.() ?? null;
+        return health && { up: health.problem === null, lastSuccessMs: health.lastSuccessMs };
+      },
     })
     : undefined;
   const telemetry: Telemetry = prom ?? noopTelemetry;

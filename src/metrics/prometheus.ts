@@ -109,6 +109,19 @@ export interface PrometheusTelemetryOptions {
    * Without it, the value comes from `reconcileCompleted` events.
    */
   lastReconcileMs?: () => number | null;
+  /**
+   * The kubelet's PodResources as the pod → GPU mapping sees them; null (series omitted) when
+   * the mapping does not use them.
+   */
+  podResources?: () => PodResourcesState | null;
+}
+
+/** What the PodResources metrics show. */
+export interface PodResourcesState {
+  /** The last List answered. */
+  up: boolean;
+  /** Epoch milliseconds of the last List that answered; null before the first. */
+  lastSuccessMs: number | null;
 }
 
 /** {@link Telemetry} backed by a private prom-client registry. */
@@ -178,6 +191,8 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #budget: Gauge;
   #allocated: Gauge;
   #overBudget: Gauge;
+  #podResourcesUp: Gauge;
+  #podResourcesLastSuccess: Gauge;
   #wattGauges: [WattField, Gauge<GpuLabel>][];
   #energy: Counter<GpuLabel>;
   #managed: Gauge<GpuLabel>;
@@ -328,6 +343,19 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       [],
     );
     for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
+    // Kubelet PodResources: only while the pod → GPU mapping uses them.
+    this.#podResourcesUp = gauge(
+      "pod_resources_up",
+      "1 when the last List of the kubelet's PodResources answered, 0 while it fails (pod → GPU " +
+        "allocations are frozen meanwhile).",
+      [],
+    );
+    this.#podResourcesLastSuccess = gauge(
+      "pod_resources_last_success_timestamp_seconds",
+      "Unix time of the last List of the kubelet's PodResources that answered.",
+      [],
+    );
+    for (const g of [this.#podResourcesUp, this.#podResourcesLastSuccess]) g.remove({});
 
     new Gauge_({
       name: "process_resident_memory_bytes",
@@ -371,6 +399,20 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   async #render(): Promise<string> {
     this.#fillGpuGauges();
     this.#fillOptional(this.#staleness, "staleness", this.#options.staleness, 1);
+    if (this.#options.podResources) {
+      const read = this.#options.podResources;
+      let state: PodResourcesState | null = null;
+      this.#fillOptional(this.#podResourcesUp, "PodResources state", () => {
+        state = read();
+        return state === null ? null : state.up ? 1 : 0;
+      }, 1);
+      this.#fillOptional(
+        this.#podResourcesLastSuccess,
+        "PodResources last success",
+        () => (state as PodResourcesState | null)?.lastSuccessMs ?? null,
+        1 / 1000,
+      );
+    }
     if (this.#options.lastReconcileMs) {
       this.#fillOptional(
         this.#lastSuccess,

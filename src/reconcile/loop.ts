@@ -294,6 +294,7 @@ export class ReconcileLoop {
       const observation = observeGpus(this.#gpu, {
         telemetry: this.#telemetry,
         pids: this.#source.needsPids ?? false,
+        migDevices: this.#source.needsMigDevices ?? false,
       });
       let desired: DesiredCaps | null = null;
       let sourceError: string | undefined;

@@ -10,6 +10,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import { KubeApiError, type KubeClient } from "./kubernetes_client.ts";
+import type { ContainerResourceSpec } from "./pod_resources_devices.ts";
 
 /** The fields of a core/v1 Pod the agent reads. */
 export interface KubePod {
@@ -21,7 +22,12 @@ export interface KubePod {
     annotations?: Record<string, string>;
     deletionTimestamp?: string;
   };
-  spec?: { nodeName?: string };
+  spec?: {
+    nodeName?: string;
+    /** Read for their GPU resource requests (PodResources mapping: which pods to wait for). */
+    containers?: ContainerResourceSpec[];
+    initContainers?: ContainerResourceSpec[];
+  };
   status?: { phase?: string };
 }
 

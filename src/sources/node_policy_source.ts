@@ -30,6 +30,7 @@ import {
   POWER_BUDGET_ANNOTATION,
 } from "./budget_annotation.ts";
 import { NodeAnnotationWatcher } from "./kubernetes_node_watch.ts";
+import type { PodResourcesHealth } from "./pod_resources_tracker.ts";
 
 /** Where to watch the node's budget annotation. */
 export interface BudgetWatchOptions {
@@ -57,7 +58,6 @@ export interface NodePolicySourceOptions {
 /** The pods' caps under the node policy, and the node power budget. */
 export class NodePolicyCapSource implements CapSource {
   readonly name: string;
-  readonly needsPids?: boolean;
   #pods: NodePolicySourceOptions["pods"];
   #policy: FileCapSource | undefined;
   #watcher: NodeAnnotationWatcher | undefined;
@@ -69,7 +69,6 @@ export class NodePolicyCapSource implements CapSource {
     this.#pods = options.pods;
     this.#policy = options.policy;
     this.name = options.pods.name;
-    this.needsPids = options.pods.needsPids;
     const w = options.budgetWatch;
     this.#clock = w?.clock ?? systemClock;
     if (w) {
@@ -94,6 +93,20 @@ export class NodePolicyCapSource implements CapSource {
     await this.#policy?.start(onChange);
     await this.#pods.start(onChange);
     await this.#watcher?.start();
+  }
+
+  /** Whatever the pods' source needs observed (read live: it can change while running). */
+  get needsPids(): boolean | undefined {
+    return this.#pods.needsPids;
+  }
+
+  get needsMigDevices(): boolean | undefined {
+    return this.#pods.needsMigDevices;
+  }
+
+  /** The kubelet's PodResources freshness of the pods' source (metrics). */
+  podResourcesHealth(): PodResourcesHealth | null {
+    return this.#pods.podResourcesHealth?.() ?? null;
   }
 
   /** The pods' caps with the node policy applied; null while the pods' source cannot say. */

@@ -8,14 +8,26 @@
  * Prints figures; asserts nothing about time. Usage: deno task bench
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { createFakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
-import { descendants, kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
-import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import {
+  createFakeNvmlDir,
+  type FakeNvmlDir,
+  type FakeState,
+  makeFakeState,
+} from "../helpers/fake_state.ts";
+import {
+  type AgentProcess,
+  descendants,
+  kubernetesRunArgs,
+  spawnAgent,
+  waitFor,
+} from "../helpers/agent_process.ts";
+import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const GPUS = 8;
 const EDITS = Number(Deno.env.get("BENCH_EDITS") ?? 60);
 
-function procStatus(pid: number, key: string): number {
+/** `key` (a kB line) of /proc/<pid>/status in MiB. */
+export function procStatus(pid: number, key: string): number {
   const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
     new RegExp(`^${key}:\\s+(\\d+) kB`, "m"),
   );
@@ -28,7 +40,8 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (100 Hz)
 }
 
-function percentile(sorted: number[], p: number): number {
+/** The p-th percentile of ascending `sorted` (nearest rank). */
+export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
@@ -101,40 +114,63 @@ async function fileModeBench(): Promise<Record<string, unknown>> {
 
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 
-async function kubernetesModeBench(): Promise<Record<string, unknown>> {
-  const lib = await buildFakeNvml();
+/** A bench node: fake GPUs, each with a process of an annotated pod (300 W) in the in-test API. */
+export async function kubernetesBenchNode(
+  options: { limits?: Record<string, string> } = {},
+): Promise<{ fake: FakeNvmlDir; api: FakeApiServer; kubeconfig: string; state: FakeState }> {
   const state = makeFakeState(GPUS);
   for (let i = 0; i < GPUS; i++) {
     state.gpus[i].processes = [{ pid: 5000 + i, usedGpuMemory: 1 << 30 }];
   }
   const fake = createFakeNvmlDir(state);
-  const dir = fake.dir;
-  const setLines = () => fake.readLog();
   const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
   for (let i = 0; i < GPUS; i++) {
     const pid = 5000 + i;
     const uid = `00000000-0000-0000-0000-${String(i).padStart(12, "0")}`;
-    Deno.mkdirSync(`${dir}/proc/${pid}`, { recursive: true });
-    Deno.writeTextFileSync(`${dir}/proc/${pid}/cgroup`, `0::/kubepods/burstable/pod${uid}/c${i}\n`);
-    api.addPod({ name: `pod-${i}`, namespace: "bench", uid, annotations: { [ANNOTATION]: "300" } });
+    Deno.mkdirSync(`${fake.dir}/proc/${pid}`, { recursive: true });
+    Deno.writeTextFileSync(
+      `${fake.dir}/proc/${pid}/cgroup`,
+      `0::/kubepods/burstable/pod${uid}/c${i}\n`,
+    );
+    api.addPod({
+      name: `pod-${i}`,
+      namespace: "bench",
+      uid,
+      annotations: { [ANNOTATION]: "300" },
+      limits: options.limits,
+    });
   }
-  const kubeconfig = await api.writeKubeconfig(dir);
-  const agent = spawnAgent([
+  return { fake, api, kubeconfig: await api.writeKubeconfig(fake.dir), state };
+}
+
+/** The agent in Kubernetes mode on a bench node (warnings only, no Events). */
+export async function spawnKubernetesBenchAgent(options: {
+  fake: FakeNvmlDir;
+  kubeconfig: string;
+  mapping?: "processes" | "auto" | "pod-resources";
+  socket?: string;
+}): Promise<AgentProcess> {
+  return spawnAgent([
     ...kubernetesRunArgs({
-      kubeconfig: kubeconfig,
+      kubeconfig: options.kubeconfig,
       nodeName: "bench-node",
-      procRoot: `${dir}/proc`,
+      procRoot: `${options.fake.dir}/proc`,
+      podGpuMapping: options.mapping,
+      podResourcesSocket: options.socket,
+      nvmlLibrary: await buildFakeNvml(),
+      stateDir: `${options.fake.dir}/state`,
+      metricsAddress: `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
     }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
     "--no-events",
     "--log-level",
     "warning",
-  ], { env: fake.env });
+  ], { env: options.fake.env });
+}
+
+async function kubernetesModeBench(): Promise<Record<string, unknown>> {
+  const { fake, api, kubeconfig } = await kubernetesBenchNode();
+  const setLines = () => fake.readLog();
+  const agent = await spawnKubernetesBenchAgent({ fake, kubeconfig });
   try {
     await waitFor(() => setLines().length >= GPUS, "initial caps", 30_000);
     const pid = descendants(agent.child.pid).at(-1)!;

@@ -33,6 +33,7 @@ const SHAPES: Record<string, Values> = {
   "prometheus-rule": { prometheusRule: { enabled: true, labels: { release: "kube-prometheus" } } },
   "pod-resources": { podGpuMapping: "pod-resources" },
   "auto-mapping": { podGpuMapping: "auto" },
+  "processes-mapping": { podGpuMapping: "processes" },
   "node-policy": { nodePolicy: { enabled: true, budgetWatts: 4000 } },
   "no-node-budget-annotation": { nodeBudgetAnnotation: { enabled: false } },
   "everything-set": {
@@ -359,7 +360,8 @@ Deno.test("the PrometheusRule carries the rules file as it is", async () => {
 
 Deno.test("hostPID and the PodResources socket follow podGpuMapping", async () => {
   const expected = {
-    "default": { hostPID: true, socket: false, mode: undefined },
+    "default": { hostPID: true, socket: true, mode: "auto" },
+    "processes-mapping": { hostPID: true, socket: false, mode: "processes" },
     "auto-mapping": { hostPID: true, socket: true, mode: "auto" },
     "pod-resources": { hostPID: undefined, socket: true, mode: "pod-resources" },
   } as const;

@@ -46,6 +46,8 @@ export interface FakePodInput {
   nodeName?: string;
   annotations?: Record<string, string>;
   phase?: string;
+  /** Resource limits of the pod's one container `main` (e.g. `{"nvidia.com/gpu": "1"}`). */
+  limits?: Record<string, string>;
 }
 
 /** A failure mode: an HTTP status with a Status body, never answering, or a dropped connection. */
@@ -329,7 +331,12 @@ export class FakeApiServer {
         uid: input.uid ?? `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`,
         annotations: input.annotations ? { ...input.annotations } : undefined,
       },
-      spec: { nodeName: input.nodeName ?? this.defaultNodeName },
+      spec: {
+        nodeName: input.nodeName ?? this.defaultNodeName,
+        ...(input.limits
+          ? { containers: [{ name: "main", resources: { limits: { ...input.limits } } }] }
+          : {}),
+      },
       status: { phase: input.phase ?? "Running" },
     };
     this.#pods.set(key, pod);

@@ -355,3 +355,18 @@ Deno.test("an impossible request for one GPU is its error only; others still app
   assert.equal(report.gpus[1].action, "apply");
   assert.equal(t.gpu.limitOf(1), 300_000);
 });
+
+Deno.test("observation reads MIG device UUIDs only when asked; a failed read is null, counted", () => {
+  using t = setup();
+  t.gpu.setMigDeviceUuids(0, ["MIG-a", "MIG-b"]);
+  const plain = observeGpus(t.gpu, { telemetry: t.telemetry });
+  assert.equal(t.gpu.calls.migDeviceUuids, 0);
+  assert.equal(gpuViews(plain)[0].migDeviceUuids, undefined, "not read: absent");
+
+  t.gpu.failOn(1, "migDeviceUuids", "UNKNOWN");
+  const observation = observeGpus(t.gpu, { telemetry: t.telemetry, migDevices: true });
+  assert.equal(t.gpu.calls.migDeviceUuids, 2, "one read per GPU");
+  assert.deepEqual(gpuViews(observation).map((v) => v.migDeviceUuids), [["MIG-a", "MIG-b"], null]);
+  assert.match(observation.gpus[1].migError!, /UNKNOWN/);
+  assert.deepEqual(t.telemetry.nvmlErrors.map((e) => e.code), ["UNKNOWN"]);
+});

@@ -127,7 +127,10 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
   let last: PassReport | null = null;
   let changes = 0;
   if (!options.noStart) await source.start(() => changes++);
-  const views = () => gpuViews(observeGpus(gpu, { pids: true }));
+  // Observed as the reconcile loop does: what the source says it needs.
+  const observe = () =>
+    observeGpus(gpu, { pids: source.needsPids, migDevices: source.needsMigDevices });
+  const views = () => gpuViews(observe());
   return {
     server,
     source,
@@ -139,7 +142,7 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
     views,
     lastReport: () => last,
     caps() {
-      const observation = observeGpus(gpu, { pids: true });
+      const observation = observe();
       const desired = source.desired(gpuViews(observation));
       if (desired === null) throw new Error("desired() returned null");
       last = reconcilePass(gpu, desired, { journal, telemetry, observation });

@@ -63,3 +63,26 @@ Deno.test("node policy source: pods' caps under the policy, the file's budget, r
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("node policy source: forwards what the pods' source needs observed, read live", () => {
+  const health = { synced: true, lastSuccessMs: 1, problem: null, consecutiveFailures: 0 };
+  class PodResourcesPods extends FakeCapSource {
+    readonly needsPids = false;
+    mig = false;
+    get needsMigDevices(): boolean {
+      return this.mig;
+    }
+    podResourcesHealth() {
+      return health;
+    }
+  }
+  const pods = new PodResourcesPods(new Map());
+  const source = new NodePolicyCapSource({ pods });
+  assert.equal(source.needsPids, false, "pod-resources mapping: no PIDs read");
+  assert.equal(source.needsMigDevices, false);
+  pods.mig = true;
+  assert.equal(source.needsMigDevices, true, "MIG devices appear while running");
+  assert.equal(source.podResourcesHealth(), health);
+  const plain = new NodePolicyCapSource({ pods: new FakeCapSource(new Map()) });
+  assert.equal(plain.podResourcesHealth(), null);
+});
