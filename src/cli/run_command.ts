@@ -163,6 +163,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     ? await (await import("../metrics/server.ts")).startHealthServer(o.metricsAddress, {
       metrics: () => prom.metrics(),
       contentType: prom.contentType,
+      onError: (reason) => prom.metricsServerError(reason),
       ready: () =>
         readiness({
           lastSuccessMs: loop.lastSuccessMs,
