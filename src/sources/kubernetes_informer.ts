@@ -329,6 +329,7 @@ export class PodInformer {
       }, abort.signal);
       head = await streamPodList(stream, {
         maxItemBytes: this.#o.maxObjectBytes,
+        signal: abort.signal,
         onItem: (item) => {
           const pod = this.#parse(item);
           if (typeof pod === "string") skipped.push(pod);
@@ -418,19 +419,13 @@ export class PodInformer {
       this.#lastError = null;
     }, this.#o.healthyResetMs);
     let events = 0;
-    // Every chunk re-arms the idle timer, also while an oversized line is being skipped.
-    const watched = stream.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, controller) {
-          armIdle();
-          controller.enqueue(chunk);
-        },
-      }),
-    );
-    const cancel = () => watched.cancel().catch(() => {});
-    abort.signal.addEventListener("abort", cancel, { once: true });
     try {
-      for await (const item of boundedLines(watched, this.#o.maxObjectBytes)) {
+      // Every chunk re-arms the idle timer, also while an oversized line is being skipped.
+      const lines = boundedLines(stream, this.#o.maxObjectBytes, {
+        signal: abort.signal,
+        onChunk: armIdle,
+      });
+      for await (const item of lines) {
         events++;
         if (item.kind === "oversized") {
           return { kind: "poison", identity: item.identity, bytes: item.bytes };
@@ -456,9 +451,7 @@ export class PodInformer {
       clock.clearTimeout(stallTimer);
       clock.clearTimeout(healthyTimer);
       if (idleTimer !== null) clock.clearTimeout(idleTimer);
-      abort.signal.removeEventListener("abort", cancel);
       abort.abort();
-      cancel();
     }
   }
 

@@ -104,19 +104,25 @@ export function identify(prefix: string): string {
 
 /**
  * The non-empty lines of a newline-delimited stream, each at most `maxLineBytes`; longer
- * lines come out as `oversized` and are never held whole.
+ * lines come out as `oversized` and are never held whole. `onChunk` is called for every chunk
+ * read (liveness); aborting `signal` cancels the stream and ends the lines.
  */
 export async function* boundedLines(
   stream: ReadableStream<Uint8Array>,
   maxLineBytes: number,
+  options: { signal?: AbortSignal; onChunk?: () => void } = {},
 ): AsyncGenerator<BoundedItem> {
   const decoder = new TextDecoder();
   const line = new Accumulator(maxLineBytes);
   const reader = stream.getReader();
+  const cancel = () => reader.cancel(options.signal?.reason).catch(() => {});
+  if (options.signal?.aborted) cancel();
+  options.signal?.addEventListener("abort", cancel, { once: true });
   try {
     while (true) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done || options.signal?.aborted) break;
+      options.onChunk?.();
       let start = 0;
       while (start < value.length) {
         const newline = value.indexOf(NEWLINE, start);
@@ -135,6 +141,8 @@ export async function* boundedLines(
       if (item.kind === "oversized" || item.text.trim() !== "") yield item;
     }
   } finally {
+    options.signal?.removeEventListener("abort", cancel);
+    if (!options.signal?.aborted) cancel();
     reader.releaseLock();
   }
 }
@@ -154,7 +162,7 @@ export interface PodListHead {
  */
 export async function streamPodList(
   stream: ReadableStream<Uint8Array>,
-  options: { maxItemBytes: number; onItem: (item: BoundedItem) => void },
+  options: { maxItemBytes: number; onItem: (item: BoundedItem) => void; signal?: AbortSignal },
 ): Promise<PodListHead> {
   const decoder = new TextDecoder();
   const item = new Accumulator(options.maxItemBytes);
@@ -176,9 +184,13 @@ export async function streamPodList(
   let metadataStart = -1;
 
   const reader = stream.getReader();
+  const cancel = () => reader.cancel(options.signal?.reason).catch(() => {});
+  if (options.signal?.aborted) cancel();
+  options.signal?.addEventListener("abort", cancel, { once: true });
   try {
     while (true) {
       const { value, done } = await reader.read();
+      if (options.signal?.aborted) throw options.signal.reason;
       if (done) break;
       itemStart = section === "items" && depth >= 3 ? 0 : -1;
       metadataStart = section === "metadata" && depth >= 2 ? 0 : -1;
@@ -258,6 +270,7 @@ export async function streamPodList(
       if (metadataStart >= 0) metadata.push(value.subarray(metadataStart));
     }
   } finally {
+    options.signal?.removeEventListener("abort", cancel);
     reader.releaseLock();
   }
   if (!finished || inString) throw new SyntaxError("PodList document cut short");
