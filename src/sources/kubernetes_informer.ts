@@ -10,7 +10,7 @@
  * keeps answering 410 cannot cause a relist storm). The count is reset once a watch has stayed
  * open for `healthyResetMs` (30 s), so an old outage never slows down recovery from a later one.
  * While the API server cannot be reached at all (no HTTP answer), the delay is capped lower
- * (`unreachableMaxMs`, 4 s) so the first change after it returns is applied within seconds.
+ * (`unreachableMaxMs`, 3 s) so the first change after it returns is applied within seconds.
  *
  * Memory: pods are trimmed to the fields the agent reads as they are parsed (`KubePod`), the
  * LIST is parsed item by item, and no watch line or list item over `maxObjectBytes` is held
@@ -58,7 +58,7 @@ export interface PodInformerHandlers {
 export interface BackoffOptions {
   initialMs: number;
   maxMs: number;
-  /** Cap while the server cannot be reached (refused, reset, DNS); default min(maxMs, 4 s). */
+  /** Cap while the server cannot be reached (refused, reset, DNS); default min(maxMs, 3 s). */
   unreachableMaxMs?: number;
 }
 
@@ -72,7 +72,7 @@ export interface PodInformerOptions {
   clock?: Clock;
   /** Jitter source in [0, 1) (default Math.random). */
   random?: () => number;
-  /** Default 500 ms → 30 s (4 s while unreachable). */
+  /** Default 500 ms → 30 s (3 s while unreachable). */
   backoff?: BackoffOptions;
   /** A watch open this long resets the failure count (default 30 s). */
   healthyResetMs?: number;
@@ -119,7 +119,7 @@ type WatchEnd =
 
 const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 500, maxMs: 30_000 };
 /** Default cap of the backoff while the API server gives no answer at all. */
-const DEFAULT_UNREACHABLE_MAX_MS = 4000;
+const DEFAULT_UNREACHABLE_MAX_MS = 3000;
 /** Default largest watch event / list item (etcd stores objects of at most ~1.5 MiB). */
 export const DEFAULT_MAX_OBJECT_BYTES = 4 * 1024 * 1024;
 
