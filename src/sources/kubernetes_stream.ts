@@ -102,6 +102,23 @@ export function identify(prefix: string): string {
   return `${namespace ? `${namespace}/` : ""}${name}${rv ? ` (resourceVersion ${rv})` : ""}`;
 }
 
+/** A reader of `stream` that aborting `signal` cancels; `release()` when done with it. */
+function cancellableReader(stream: ReadableStream<Uint8Array>, signal: AbortSignal | undefined) {
+  const reader = stream.getReader();
+  const cancel = () => reader.cancel(signal?.reason).catch(() => {});
+  if (signal?.aborted) cancel();
+  signal?.addEventListener("abort", cancel, { once: true });
+  return {
+    reader,
+    /** Stop listening to the signal, cancel the rest of the stream, release the lock. */
+    release() {
+      signal?.removeEventListener("abort", cancel);
+      if (!signal?.aborted) cancel();
+      reader.releaseLock();
+    },
+  };
+}
+
 /**
  * The non-empty lines of a newline-delimited stream, each at most `maxLineBytes`; longer
  * lines come out as `oversized` and are never held whole. `onChunk` is called for every chunk
@@ -114,10 +131,7 @@ export async function* boundedLines(
 ): AsyncGenerator<BoundedItem> {
   const decoder = new TextDecoder();
   const line = new Accumulator(maxLineBytes);
-  const reader = stream.getReader();
-  const cancel = () => reader.cancel(options.signal?.reason).catch(() => {});
-  if (options.signal?.aborted) cancel();
-  options.signal?.addEventListener("abort", cancel, { once: true });
+  const { reader, release } = cancellableReader(stream, options.signal);
   try {
     while (true) {
       const { value, done } = await reader.read();
@@ -141,9 +155,7 @@ export async function* boundedLines(
       if (item.kind === "oversized" || item.text.trim() !== "") yield item;
     }
   } finally {
-    options.signal?.removeEventListener("abort", cancel);
-    if (!options.signal?.aborted) cancel();
-    reader.releaseLock();
+    release();
   }
 }
 
@@ -183,10 +195,7 @@ export async function streamPodList(
   let itemStart = -1;
   let metadataStart = -1;
 
-  const reader = stream.getReader();
-  const cancel = () => reader.cancel(options.signal?.reason).catch(() => {});
-  if (options.signal?.aborted) cancel();
-  options.signal?.addEventListener("abort", cancel, { once: true });
+  const { reader, release } = cancellableReader(stream, options.signal);
   try {
     while (true) {
       const { value, done } = await reader.read();
@@ -270,8 +279,7 @@ export async function streamPodList(
       if (metadataStart >= 0) metadata.push(value.subarray(metadataStart));
     }
   } finally {
-    options.signal?.removeEventListener("abort", cancel);
-    reader.releaseLock();
+    release();
   }
   if (!finished || inString) throw new SyntaxError("PodList document cut short");
   return head;
