@@ -9,6 +9,7 @@ import { configureLogging } from "./logging.ts";
 import { resolveNvmlLibraryPath } from "../nvml/library_path.ts";
 import { NvmlLibraryError } from "../nvml/errors.ts";
 import { CapsFileError } from "../sources/caps_file.ts";
+import { StateDirError } from "../state/state_lock.ts";
 
 /** Options for {@linkcode runCli}. */
 export interface RunCliOptions {
@@ -107,7 +108,11 @@ export function reportFatal(err: unknown, io: CliIo): number {
     return EXIT.usage;
   }
   // Matched by name: the Kubernetes client module is loaded only in Kubernetes mode.
-  if (err instanceof CapsFileError || (err instanceof Error && err.name === "KubeConfigError")) {
+  // An unusable state dir is configuration, like an invalid caps file: restarting cannot help.
+  if (
+    err instanceof CapsFileError || err instanceof StateDirError ||
+    (err instanceof Error && err.name === "KubeConfigError")
+  ) {
     io.err(`gpu-power-agent: ${err.message}`);
     return EXIT.usage;
   }

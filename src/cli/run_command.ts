@@ -11,11 +11,14 @@ import { wattsToMw } from "./units.ts";
 import type { CapSource } from "../sources/cap_source.ts";
 import type { GpuControl } from "../nvml/gpu_control.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
-import { loadJournal } from "../state/journal.ts";
+import { type Journal, loadJournal } from "../state/journal.ts";
+import { acquireStateLock, type StateLock } from "../state/state_lock.ts";
+import { restoreAll } from "../reconcile/restore.ts";
+import { installRunSignals, type RunSignals, STOPPED, unlessStopped } from "./signals.ts";
 import { ReconcileLoop } from "../reconcile/loop.ts";
 import { collectGpuStatus } from "../reconcile/gpu_status.ts";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
-import { systemClock } from "../reconcile/clock.ts";
+import { systemClock } from "../clock.ts";
 import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
 
@@ -63,6 +66,7 @@ export function selectSource(options: AgentOptions): "file" | "kubernetes" {
     }
   }
   if (options.interval <= 0) throw new UsageError("--interval must be > 0 seconds");
+  if (!(options.enforceGrace >= 0)) throw new UsageError("--enforce-grace must be >= 0 seconds");
   return source;
 }
 
@@ -71,7 +75,6 @@ type SourceWithReload = CapSource & { reload?: () => void | Promise<void> };
 
 async function createSource(
   kind: "file" | "kubernetes",
-  gpu: GpuControl,
   opts: { options: AgentOptions; telemetry: Telemetry },
 ): Promise<SourceWithReload> {
   const o = opts.options;
@@ -82,7 +85,6 @@ async function createSource(
   // Loaded only in Kubernetes mode: the client library is large.
   const { createKubernetesCapSource } = await import("../sources/kubernetes.ts");
   return await createKubernetesCapSource({
-    gpu,
     nodeName: o.nodeName!,
     namespace: o.namespace,
     annotation: o.annotation,
@@ -107,12 +109,27 @@ interface LiveState {
 
 /** Run `run` until a termination signal (or after one pass with --once). */
 export async function runCommand(ctx: CommandContext): Promise<number> {
+  // First thing: a stop or reload during start-up must not kill the agent (see signals.ts).
+  const signals = installRunSignals();
+  // Released by the kernel when the process exits, SIGKILL included.
+  let lock: StateLock | undefined;
+  try {
+    // The caps file is validated before any GPU is touched (invalid at start: exit 2).
+    if (selectSource(ctx.options) === "file") await readCapsFile(ctx.options.capsFile!);
+    // One writer per state dir; also proves the dir is usable (exit 2 if not). A dry run writes
+    // nothing and may run beside the service.
+    if (!ctx.options.dryRun) lock = acquireStateLock(ctx.options.stateDir, { command: "run" });
+    return await runLocked(ctx, signals);
+  } finally {
+    signals.dispose();
+    lock?.release();
+  }
+}
+
+async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<number> {
   const o = ctx.options;
   const log = getLogger(["gpu-power-agent", "run"]);
   const kind = selectSource(o);
-
-  // The caps file is validated before any GPU is touched (invalid at start: exit 2).
-  if (kind === "file") await readCapsFile(o.capsFile!);
 
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });
@@ -124,16 +141,27 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
         denoVersion: Deno.version.deno,
         driverVersion: gpu.driverVersion(),
       },
-      statuses: () => collectGpuStatus(gpu, { journal, desired: live.loop?.lastDesired }),
+      statuses: () =>
+        collectGpuStatus(gpu, {
+          journal,
+          desired: live.loop?.lastDesired,
+          enforced: (uuid) => live.loop?.outcomeOf(uuid)?.enforced ?? null,
+          unsupported: (uuid) => live.loop?.isUnsupported(uuid) ?? false,
+        }),
       staleness: () =>
         live.source ? sourceStalenessSeconds(live.source.health(), Date.now()) : null,
     })
     : undefined;
   const telemetry: Telemetry = prom ?? noopTelemetry;
+  const stopDuringStartup = (source?: SourceWithReload) =>
+    restoreDuringStartup(gpu, { journal, telemetry, options: o, signals, source });
 
-  const source = await createSource(kind, gpu, { options: o, telemetry });
+  const created = await unlessStopped(signals, createSource(kind, { options: o, telemetry }));
+  if (created === STOPPED) return await stopDuringStartup();
+  const source = created;
   live.source = source;
-  await source.start(() => live.loop?.trigger());
+  const started = await unlessStopped(signals, source.start(() => live.loop?.trigger()));
+  if (started === STOPPED) return await stopDuringStartup(source);
   log.info("Caps source {source} ready; {count} GPU(s) on driver {driver}", {
     source: source.name,
     count: gpu.listGpus().length,
@@ -147,6 +175,11 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     intervalMs: o.interval * 1000,
     restoreTo: o.restoreTo,
     dryRun: o.dryRun,
+    // The dry-run plan goes to stdout: the same text `check` prints.
+    printPlan: (lines) => {
+      ctx.io.out(`dry run: plan at ${new Date().toISOString()} (nothing is changed):`);
+      for (const line of lines) ctx.io.out(`  ${line}`);
+    },
   });
   live.loop = loop;
 
@@ -154,6 +187,9 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     try {
       return loop.runOnce().ok ? EXIT.ok : EXIT.failure;
     } finally {
+      // Events about this pass's outcomes are sent before the source stops.
+      const flush = (source as { flushEvents?: () => Promise<void> }).flushEvents;
+      if (flush) await bounded(flush.call(source), SHUTDOWN_STEP_MS);
       await source.stop();
       gpu.close();
     }
@@ -166,10 +202,11 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
       onError: (reason) => prom.metricsServerError(reason),
       ready: () =>
         readiness({
-          lastSuccessMs: loop.lastSuccessMs,
           health: source.health(),
+          enforcement: loop.enforcement(),
           nowMs: Date.now(),
           staleAfterMs: o.staleAfter * 1000,
+          enforceGraceMs: o.enforceGrace * 1000,
         }),
     })
     : null;
@@ -181,6 +218,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   }
 
   const code = await untilStopped(loop, {
+    signals,
     dryRun: o.dryRun,
     reload: () => source.reload?.(),
     cleanup: async () => {
@@ -194,8 +232,45 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   return code;
 }
 
+/** Options of {@linkcode restoreDuringStartup}. */
+interface StartupStopOptions {
+  journal: Journal;
+  telemetry: Telemetry;
+  options: AgentOptions;
+  signals: RunSignals;
+  /** The source, when it was created (it may still be starting). */
+  source?: SourceWithReload;
+}
+
+/**
+ * A stop signal during start-up: restore what the journal holds (a crashed predecessor's caps),
+ * stop the source and exit 0 (1 if a GPU could not be restored).
+ */
+async function restoreDuringStartup(gpu: GpuControl, opts: StartupStopOptions): Promise<number> {
+  const log = getLogger(["gpu-power-agent", "run"]);
+  log.info("{signal} during start-up: restoring every GPU in the journal, then exiting", {
+    signal: opts.signals.stopSignal(),
+  });
+  let code: number = EXIT.ok;
+  if (!opts.options.dryRun) {
+    const report = restoreAll(gpu, {
+      journal: opts.journal,
+      reason: "shutdown",
+      restoreTo: opts.options.restoreTo,
+      telemetry: opts.telemetry,
+    });
+    if (!report.ok) code = EXIT.failure;
+  }
+  if (opts.source) await bounded(opts.source.stop(), SHUTDOWN_STEP_MS);
+  gpu.close();
+  log.info("Stopped");
+  return code;
+}
+
 /** Options of {@linkcode untilStopped}. */
 interface UntilStoppedOptions {
+  /** Installed at start; the first SIGTERM/SIGINT stops the loop. */
+  signals: RunSignals;
   dryRun: boolean;
   /** SIGHUP handler (the file source re-reads its file). */
   reload: () => void | Promise<void>;
@@ -209,42 +284,23 @@ interface UntilStoppedOptions {
  */
 async function untilStopped(loop: ReconcileLoop, options: UntilStoppedOptions): Promise<number> {
   const log = getLogger(["gpu-power-agent", "run"]);
-  const done = Promise.withResolvers<number>();
-  let stopping = false;
-  const onStop = (signal: Deno.Signal) => {
-    if (stopping) return; // e.g. Ctrl-C reaches both the launcher and the agent
-    stopping = true;
-    log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
-    (async () => {
-      let code: number = EXIT.ok;
-      try {
-        const restored = await loop.stop({ restore: !options.dryRun });
-        if (restored && !restored.ok) code = EXIT.failure;
-      } catch (err) {
-        log.error("Shutdown failed: {error}", { error: (err as Error).message });
-        code = EXIT.failure;
-      }
-      await options.cleanup();
-      done.resolve(code);
-    })();
-  };
-  const onHup = () => {
+  options.signals.onReload(() => {
     log.info("SIGHUP: reloading the caps source");
     Promise.resolve(options.reload()).catch((err) =>
       log.error("Reload failed: {error}", { error: (err as Error).message })
     );
-  };
-  const sigterm = () => onStop("SIGTERM");
-  const sigint = () => onStop("SIGINT");
-  Deno.addSignalListener("SIGTERM", sigterm);
-  Deno.addSignalListener("SIGINT", sigint);
-  Deno.addSignalListener("SIGHUP", onHup);
+  });
+  loop.start();
+  const signal = await options.signals.stopped;
+  log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
+  let code: number = EXIT.ok;
   try {
-    loop.start();
-    return await done.promise;
-  } finally {
-    Deno.removeSignalListener("SIGTERM", sigterm);
-    Deno.removeSignalListener("SIGINT", sigint);
-    Deno.removeSignalListener("SIGHUP", onHup);
+    const restored = await loop.stop({ restore: !options.dryRun });
+    if (restored && !restored.ok) code = EXIT.failure;
+  } catch (err) {
+    log.error("Shutdown failed: {error}", { error: (err as Error).message });
+    code = EXIT.failure;
   }
+  await options.cleanup();
+  return code;
 }

@@ -5,6 +5,7 @@
  * ```yaml
  * version: 1                 # required; the only supported version
  * default: {watts: 300}      # optional: cap for every GPU no rule matches
+ * budget: {watts: 4000}      # optional: node power budget over every GPU (see policy/budget.ts)
  * gpus:                      # optional; later rules win over earlier ones
  *   - index: 0               # selector: exactly one of index | uuid | name (glob: * and ?)
  *     watts: 250             # value: exactly one of watts | percent
@@ -20,12 +21,21 @@
  * - `watts`: a number > 0 and ≤ 100000, decimals allowed, stored as integer milliwatts
  *   (`Math.round(watts * 1000)`). `percent`: a number > 0 and ≤ 100 (of the GPU's default
  *   limit). Values outside the GPU's min/max are accepted here and clamped by the reconciler.
+ * - `budget.watts`: the same bounds as a cap's `watts`, stored as integer milliwatts; the only
+ *   key of `budget`.
  * - `index`: an integer ≥ 0; `uuid`: a non-empty string matched exactly; `name`: a non-empty,
  *   case-sensitive glob over the whole GPU name (`*` any run of characters, `?` one character).
  * - Every problem is reported at once, sorted by position, each with its key path and
  *   `line:column` (YAML and JSON alike).
  */
 import * as z from "zod/mini";
+import { dirname, resolve } from "node:path";
+import {
+  BoundedReadError,
+  type BoundedText,
+  READ_LIMITS,
+  readBoundedText,
+} from "../state/bounded_read.ts";
 
 /** Largest accepted `watts` value (a sanity bound against typos such as milliwatts). */
 export const MAX_CAP_WATTS = 100_000;
@@ -59,6 +69,15 @@ export interface CapsSpec {
   default?: CapsValue;
   /** Rules in file order (later rules win). */
   rules: CapsRule[];
+  /** Node power budget (`budget: {watts: N}`); absent: no budget. */
+  budget?: CapsBudget;
+}
+
+/** The node power budget of a caps file. */
+export interface CapsBudget {
+  watts: number;
+  /** `Math.round(watts * 1000)`. */
+  mw: number;
 }
 
 /** One thing wrong with a caps file. */
@@ -132,10 +151,19 @@ export async function parseCapsFile(
       reason: "the file is empty; it must contain at least `version: 1`",
     }]);
   }
-  const parsed = body.trimStart().startsWith("{")
-    ? parseJson(body, path)
-    : await parseYaml(body, path);
-  return validate(parsed, body, path);
+  try {
+    const parsed = body.trimStart().startsWith("{")
+      ? parseJson(body, path)
+      : await parseYaml(body, path);
+    return validate(parsed, body, path);
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    // Nesting deep enough to exhaust the stack is never a caps file.
+    throw new CapsFileError(path, [{
+      keyPath: "",
+      reason: "the file is nested too deeply to be a caps file",
+    }], { cause: error });
+  }
 }
 
 /**
@@ -148,13 +176,51 @@ export async function readCapsFile(path: string): Promise<CapsSpec> {
 
 /** Read a caps file's text; a missing or unreadable file throws {@link CapsFileError}. */
 export async function readCapsFileText(path: string): Promise<string> {
+  return (await readCapsFileSnapshot(path)).text;
+}
+
+/**
+ * Read a caps file through the bounded reader (regular file, at most
+ * {@linkcode READ_LIMITS.capsFile} bytes) after checking that its real path stays inside its
+ * directory (see {@linkcode capsFileRealPath}). Returns the text and the opened file's `fstat`.
+ * Every problem is a {@link CapsFileError} naming the file; contents are never echoed.
+ */
+export async function readCapsFileSnapshot(path: string): Promise<BoundedText> {
   try {
-    return await Deno.readTextFile(path);
+    for (let attempt = 0;; attempt++) {
+      const real = await capsFileRealPath(path);
+      const read = await readBoundedText(path, { limit: READ_LIMITS.capsFile, what: "caps file" });
+      // A symlink swapped between the check and the read: check (and read) again.
+      if (real === await capsFileRealPath(path) || attempt >= 2) return read;
+    }
   } catch (error) {
+    if (error instanceof CapsFileError) throw error;
     throw new CapsFileError(path, [{ keyPath: "", reason: describeReadError(error) }], {
       cause: error,
     });
   }
+}
+
+/**
+ * The caps file's real path, which must lie inside the real path of the caps file's directory:
+ * the agent may read only that directory, and a symlink out of it (to `/etc/passwd`, a secret)
+ * would escape that sandbox. Symlinks inside the directory (a ConfigMap volume's `..data`) are
+ * fine. Throws {@link CapsFileError} for a target outside; file-system errors pass through.
+ */
+export async function capsFileRealPath(path: string): Promise<string> {
+  const absolute = resolve(path);
+  const dir = dirname(absolute);
+  const [real, realDir] = await Promise.all([Deno.realPath(absolute), Deno.realPath(dir)]);
+  const inside = realDir === "/" ? real.startsWith("/") : real.startsWith(`${realDir}/`);
+  if (!inside) {
+    throw new CapsFileError(path, [{
+      keyPath: "",
+      reason: `it resolves (through a symlink) to ${real}, outside the caps file's directory ` +
+        `${dir}: refusing to read it. The agent reads only that directory; put the file there ` +
+        `(symlinks within the directory, such as a ConfigMap's ..data, are fine)`,
+    }]);
+  }
+  return real;
 }
 
 /** Why a caps file could not be read, for humans. */
@@ -163,6 +229,11 @@ export function describeReadError(error: unknown): string {
     return "file not found: create it or point --caps-file at an existing file";
   }
   if (error instanceof Deno.errors.IsADirectory) return "this is a directory, not a caps file";
+  if (error instanceof BoundedReadError) {
+    return error.problem === "not-regular" && error.message.includes("a directory")
+      ? "this is a directory, not a caps file"
+      : error.message.replace(`caps file ${error.path} `, "");
+  }
   return `cannot read the file: ${(error as Error).message}`;
 }
 
@@ -196,7 +267,10 @@ function parseJson(text: string, path: string): Parsed {
   } catch (error) {
     // Our scanner knows where; V8's message knows what. Prefer the scanner's position.
     let offset: number | undefined;
-    let reason = (error as Error).message.replace(/\s+in JSON at position \d+.*$/s, "");
+    // V8 quotes the text around the error (`Unexpected token 'd', "dbuser:S3"... is not valid
+    // JSON`): keep only what is wrong, never the file's contents.
+    let reason = (error as Error).message.replace(/\s+in JSON at position \d+.*$/s, "")
+      .replace(/,\s*".*$/s, "");
     try {
       scanJson(text);
     } catch (scanError) {
@@ -210,7 +284,11 @@ function parseJson(text: string, path: string): Parsed {
       if (match) offset = Number(match[1]);
     }
     throw new CapsFileError(path, [
-      withPosition({ keyPath: "", reason: `invalid JSON: ${reason}` }, text, offset),
+      withPosition(
+        { keyPath: "", reason: `invalid JSON: ${sanitizeMessage(reason)}` },
+        text,
+        offset,
+      ),
     ]);
   }
   let scan: JsonScan | undefined;
@@ -222,7 +300,7 @@ function parseJson(text: string, path: string): Parsed {
   const problems: RawProblem[] = (scan?.duplicates ?? []).map((d) => ({
     path: d.path,
     target: "key",
-    reason: `duplicate key "${d.path.at(-1)}": each key may appear once`,
+    reason: `duplicate key ${excerpt(String(d.path.at(-1)))}: each key may appear once`,
     offset: d.offset,
   }));
   const locate: Locator = (p, target) => {
@@ -243,7 +321,11 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
     throw new CapsFileError(
       path,
       doc.errors.map((e) =>
-        withPosition({ keyPath: "", reason: `invalid YAML: ${e.message}` }, text, e.pos[0])
+        withPosition(
+          { keyPath: "", reason: `invalid YAML: ${sanitizeMessage(e.message)}` },
+          text,
+          e.pos[0],
+        )
       ),
     );
   }
@@ -259,7 +341,7 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
   } catch (error) {
     throw new CapsFileError(path, [{
       keyPath: "",
-      reason: `invalid YAML: ${(error as Error).message}`,
+      reason: `invalid YAML: ${sanitizeMessage((error as Error).message)}`,
     }]);
   }
   const locate: Locator = (p, target) => {
@@ -291,7 +373,8 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
 const SELECTOR_KEYS = ["index", "uuid", "name"] as const;
 const VALUE_KEYS = ["watts", "percent"] as const;
 const RULE_KEYS = [...SELECTOR_KEYS, ...VALUE_KEYS] as const;
-const TOP_KEYS = ["version", "default", "gpus"] as const;
+const TOP_KEYS = ["version", "default", "gpus", "budget"] as const;
+const BUDGET_KEYS = ["watts"] as const;
 
 /** Runs even when fields already failed, so every problem is reported in one go. */
 const always = { when: () => true };
@@ -331,10 +414,16 @@ const ruleSchema = z.strictObject({
   exactlyOne(VALUE_KEYS, "to set the cap"),
 );
 
+/** At least 1 mW, at most a cap's largest `watts`. */
+const budgetSchema = z.strictObject({
+  watts: z.number().check(z.gte(0.001), z.lte(MAX_CAP_WATTS)),
+});
+
 const capsFileSchema = z.strictObject({
   version: z.literal(CAPS_FILE_VERSION),
   default: z.optional(defaultSchema),
   gpus: z.optional(z.array(ruleSchema)),
+  budget: z.optional(budgetSchema),
 });
 
 type CapsFileData = z.infer<typeof capsFileSchema>;
@@ -345,6 +434,9 @@ const EXPECTED: Record<string, string> = {
   version: `expected version: ${CAPS_FILE_VERSION} (the only supported version)`,
   default: "expected a mapping with one of watts or percent, e.g. {watts: 300}",
   gpus: "expected a list of rules, e.g. [{index: 0, watts: 250}] (use [] for none)",
+  budget: "expected a mapping with the node's power budget, e.g. {watts: 4000}",
+  "budget.watts":
+    `expected the node's power budget in watts: a number >= 0.001 and <= ${MAX_CAP_WATTS}`,
   rule: "expected a rule mapping, e.g. {index: 0, watts: 250}",
   index: "expected a GPU index: a whole number >= 0",
   uuid: 'expected a non-empty GPU UUID string, e.g. "GPU-8d5b1c2e-..."',
@@ -357,20 +449,55 @@ const ALLOWED_KEYS: Record<string, readonly string[]> = {
   root: TOP_KEYS,
   default: VALUE_KEYS,
   rule: RULE_KEYS,
+  budget: BUDGET_KEYS,
 };
 
 /** Which kind of place a key path points at. */
 function placeOf(path: readonly PathSegment[]): string {
   if (path.length === 0) return "root";
   if (path[0] === "gpus" && path.length === 2) return "rule";
+  if (path[0] === "budget" && path.length === 2) return `budget.${String(path[1])}`;
   return String(path.at(-1));
+}
+
+/** Longest excerpt of a file's value or key ever shown in a message. */
+export const EXCERPT_CHARS = 40;
+
+/**
+ * A short, quoted, sanitised excerpt of a value from the file: at most {@linkcode EXCERPT_CHARS}
+ * characters, control characters escaped, `…` when cut. Messages never echo more of the file
+ * (it may be a secret the admin pointed the agent at by mistake).
+ */
+export function excerpt(value: string): string {
+  const chars = [...value.slice(0, EXCERPT_CHARS * 2 + 1)];
+  const cut = chars.length > EXCERPT_CHARS;
+  const quoted = JSON.stringify(chars.slice(0, EXCERPT_CHARS).join(""))
+    .replace(CONTROL_CHARS, unicodeEscape);
+  return cut ? `${quoted.slice(0, -1)}…"` : quoted;
+}
+
+/**
+ * A parser's message with every long token (an alias, a tag, a scalar the library quotes) cut to
+ * {@linkcode EXCERPT_CHARS} characters and control characters escaped.
+ */
+function sanitizeMessage(message: string): string {
+  return message
+    .replace(/\S{41,}/g, (token) => `${[...token].slice(0, EXCERPT_CHARS).join("")}…`)
+    .replace(CONTROL_CHARS, unicodeEscape);
+}
+
+// deno-lint-ignore no-control-regex -- escaping them is the point
+const CONTROL_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+function unicodeEscape(c: string): string {
+  return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
 }
 
 function describeInput(input: unknown): string {
   if (input === null) return "an empty value";
   if (typeof input === "string") {
     const hint = input.trim() !== "" && !Number.isNaN(Number(input)) ? " (remove the quotes)" : "";
-    return `the string ${JSON.stringify(input)}${hint}`;
+    return `the string ${excerpt(input)}${hint}`;
   }
   if (Array.isArray(input)) return "a list";
   if (typeof input === "object") return "a mapping";
@@ -405,18 +532,22 @@ function issueProblems(issue: z.core.$ZodIssue): RawProblem[] {
     return issue.keys.map((key) => ({
       path: [...path, key],
       target: "key",
-      reason: `unknown key "${key}" (allowed here: ${allowed.join(", ")})${suggest(key, allowed)}`,
+      reason: `unknown key ${excerpt(key)} (allowed here: ${allowed.join(", ")})${
+        suggest(key, allowed)
+      }`,
     }));
   }
   if (issue.code === "custom") return [{ path, target: "value", reason: issue.message }];
   const place = placeOf(path);
   const input = (issue as { input?: unknown }).input;
   if (input === undefined) {
-    // Only `version` is required.
+    // Only `version` and `budget.watts` are required.
     return [{
       path,
       target: "value",
-      reason: `missing required key ${place}: add \`${place}: ${CAPS_FILE_VERSION}\``,
+      reason: place === "version"
+        ? `missing required key ${place}: add \`${place}: ${CAPS_FILE_VERSION}\``
+        : `missing required key ${String(path.at(-1))}: ${EXPECTED[place] ?? issue.message}`,
     }];
   }
   const expected = EXPECTED[place] ?? issue.message;
@@ -497,6 +628,9 @@ function toSpec(data: CapsFileData): CapsSpec {
     })),
   };
   if (data.default) spec.default = toValue(data.default);
+  if (data.budget) {
+    spec.budget = { watts: data.budget.watts, mw: Math.round(data.budget.watts * 1000) };
+  }
   return spec;
 }
 
@@ -505,8 +639,11 @@ export function formatKeyPath(path: readonly PathSegment[]): string {
   let out = "";
   for (const segment of path) {
     if (typeof segment === "number") out += `[${segment}]`;
-    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${JSON.stringify(segment)}]`;
+    else if (segment.length <= EXCERPT_CHARS && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) {
+      out += out ? `.${segment}` : segment;
+    } else {
+      out += `[${excerpt(segment)}]`; // a long or unusual key: a quoted excerpt
+    }
   }
   return out;
 }

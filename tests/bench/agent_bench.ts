@@ -9,7 +9,7 @@
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { createFakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
-import { descendants, spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { descendants, kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const GPUS = 8;
@@ -120,17 +120,11 @@ async function kubernetesModeBench(): Promise<Record<string, unknown>> {
   }
   const kubeconfig = await api.writeKubeconfig(dir);
   const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "bench-node",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    `${dir}/proc`,
+    ...kubernetesRunArgs({
+      kubeconfig: kubeconfig,
+      nodeName: "bench-node",
+      procRoot: `${dir}/proc`,
+    }),
     "--nvml-library",
     lib,
     "--state-dir",

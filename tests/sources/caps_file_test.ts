@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   CapsFileError,
   type CapsSpec,
+  excerpt,
   formatCapsFileProblem,
   formatKeyPath,
   parseCapsFile,
@@ -120,7 +121,7 @@ Deno.test("parseCapsFile: minimal files and the bounds of each value", async () 
 Deno.test("unknown key at the top level names the key, its line:column and the allowed keys", async () => {
   assert.equal(
     await onlyProblem("version: 1\ndefaults: {watts: 300}\n"),
-    'defaults at line 2:1: unknown key "defaults" (allowed here: version, default, gpus); ' +
+    'defaults at line 2:1: unknown key "defaults" (allowed here: version, default, gpus, budget); ' +
       'did you mean "default"?',
   );
 });
@@ -414,4 +415,116 @@ Deno.test("a misspelt value key is reported once; an unrelated unknown key does 
       'percent); did you mean "index"?',
     ],
   );
+});
+
+// --- budget -----------------------------------------------------------------------------------
+
+Deno.test("budget: {watts: N} becomes the node power budget in milliwatts (YAML and JSON)", async () => {
+  const yaml = await parse("version: 1\nbudget: {watts: 4000.5}\ndefault: {watts: 300}\n");
+  assert.deepEqual(yaml.budget, { watts: 4000.5, mw: 4_000_500 });
+  assert.deepEqual(yaml.default, { kind: "watts", watts: 300, mw: 300_000 });
+  const json = await parse('{"version": 1, "budget": {"watts": 0.001}}');
+  assert.deepEqual(json, { version: 1, rules: [], budget: { watts: 0.001, mw: 1 } });
+  assert.equal((await parse("version: 1\n")).budget, undefined);
+  assert.deepEqual((await parse("version: 1\nbudget: {watts: 100000}\n")).budget, {
+    watts: 100_000,
+    mw: 100_000_000,
+  });
+});
+
+Deno.test("budget: out-of-range, non-numeric and missing watts report line:column", async () => {
+  const expected = "expected the node's power budget in watts: a number >= 0.001 and <= 100000";
+  assert.equal(
+    await onlyProblem("version: 1\nbudget:\n  watts: 0\n"),
+    `budget.watts at line 3:10: ${expected}, got 0`,
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbudget: {watts: 100001}\n"),
+    `budget.watts at line 2:17: ${expected}, got 100001`,
+  );
+  assert.equal(
+    await onlyProblem('version: 1\nbudget: {watts: "4000"}\n'),
+    `budget.watts at line 2:17: ${expected}, got the string "4000" (remove the quotes)`,
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbudget: {}\n"),
+    `budget.watts at line 2:9: missing required key watts: ${expected}`,
+  );
+  assert.equal(
+    await onlyProblem('{\n  "version": 1,\n  "budget": 4000\n}'),
+    "budget at line 3:13: expected a mapping with the node's power budget, e.g. {watts: 4000}, " +
+      "got 4000",
+  );
+});
+
+Deno.test("budget: unknown keys are named with the allowed ones", async () => {
+  assert.equal(
+    await onlyProblem("version: 1\nbudget:\n  watts: 4000\n  wats: 1\n"),
+    'budget.wats at line 4:3: unknown key "wats" (allowed here: watts); did you mean "watts"?',
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbugdet: {watts: 4000}\n"),
+    'bugdet at line 2:1: unknown key "bugdet" (allowed here: version, default, gpus, budget); ' +
+      'did you mean "budget"?',
+  );
+});
+
+// --- hostile input ----------------------------------------------------------------------------
+
+Deno.test("excerpt: at most 40 characters, quoted, control characters escaped, … when cut", () => {
+  assert.equal(excerpt("abc"), '"abc"');
+  assert.equal(excerpt("a\u0000b\nc\u007fd\u009b"), '"a\\u0000b\\nc\\u007fd\\u009b"');
+  const long = excerpt("S".repeat(39) + "é" + "TAIL");
+  assert.equal(long, `"${"S".repeat(39)}é…"`);
+  assert.doesNotMatch(long, /TAIL/);
+});
+
+Deno.test("a value or key from the file is echoed only as a short excerpt", async () => {
+  const secret = `dbuser:S3CRET-${"x".repeat(200)}`;
+  const error = await parseCapsFile(`${secret}\n`, { path: "/p" }).catch((e) => e);
+  assert.ok(error instanceof CapsFileError);
+  assert.ok(!error.message.includes("x".repeat(27)), error.message);
+  assert.match(error.message, /got the string "dbuser:S3CRET-x{26}…"/);
+  const key = await parseCapsFile(`{"version": 1, "${"k".repeat(100)}": 1}`, { path: "/p" })
+    .catch((e) => e);
+  assert.ok(!key.message.includes("k".repeat(41)), key.message);
+});
+
+Deno.test("nesting that exhausts the stack is a CapsFileError, not a crash", async () => {
+  for (const text of ["[".repeat(500_000), '{"a":'.repeat(200_000), "- ".repeat(200_000)]) {
+    await assert.rejects(
+      () => parseCapsFile(text, { path: "/p" }),
+      (e: unknown) => e instanceof CapsFileError,
+    );
+  }
+});
+
+Deno.test("readCapsFile: a symlink out of the directory is refused; ..data symlinks inside work", async () => {
+  const dir = await Deno.makeTempDir();
+  const outside = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${outside}/secret`, "dbuser:S3CRET\n");
+    await Deno.symlink(`${outside}/secret`, `${dir}/caps.yaml`);
+    await assert.rejects(
+      () => readCapsFile(`${dir}/caps.yaml`),
+      (e: unknown) =>
+        e instanceof CapsFileError && /outside the caps file's directory/.test(e.message) &&
+        !e.message.includes("S3CRET"),
+    );
+    await Deno.remove(`${dir}/caps.yaml`);
+    await Deno.mkdir(`${dir}/..2026_01`);
+    await Deno.writeTextFile(`${dir}/..2026_01/caps.yaml`, "version: 1\ndefault: {watts: 300}\n");
+    await Deno.symlink("..2026_01", `${dir}/..data`);
+    await Deno.symlink("..data/caps.yaml", `${dir}/caps.yaml`);
+    assert.equal((await readCapsFile(`${dir}/caps.yaml`)).default?.kind, "watts");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("a parser message quoting the file (an unresolved alias) is cut to a short excerpt", async () => {
+  const error = await parseError(`version: *S3CRET${"S".repeat(100)}\u0001\n`);
+  assert.match(error.message, /Unresolved alias .*: S3CRETS{34}…$/);
+  assert.ok(!error.message.includes("S".repeat(41)));
 });

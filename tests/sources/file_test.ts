@@ -3,7 +3,7 @@ import { CapsFileError } from "../../src/sources/caps_file.ts";
 import { createFileCapSource, type FileCapSource } from "../../src/sources/file.ts";
 import type { GpuView } from "../../src/sources/cap_source.ts";
 import type { Telemetry } from "../../src/metrics/telemetry.ts";
-import { type Clock, systemClock } from "../../src/reconcile/clock.ts";
+import { type Clock, systemClock } from "../../src/clock.ts";
 
 /** Fail instead of hanging when an expected event never comes. */
 const TIMEOUT_MS = 5_000;
@@ -17,6 +17,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
   {
     index: 1,
@@ -26,6 +27,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
 ];
 
@@ -76,6 +78,7 @@ class RecordingTelemetry implements Telemetry {
   safeDefaultApplied(): void {}
   reconcileCompleted(): void {}
   reactionLatency(): void {}
+  budgetAllocated(): void {}
 }
 
 /** The system clock, counting the timers scheduled and fired. */
@@ -293,6 +296,20 @@ Deno.test("an invalid edit keeps the last good caps, is counted, and shows in he
   assert.deepEqual(h.telemetry.reloads, ["failure", "success"]);
 });
 
+Deno.test("spec() follows good reloads (budget included) and keeps the last good on invalid ones", async () => {
+  await using h = await harness("version: 1\nbudget: {watts: 4000}\n");
+  assert.deepEqual(h.source.spec()?.budget, { watts: 4000, mw: 4_000_000 });
+  await renameReplace(h.path, "version: 1\nbudget: {watts: 3000}\n");
+  await h.changed(1);
+  assert.deepEqual(h.source.spec()?.budget, { watts: 3000, mw: 3_000_000 });
+  await renameReplace(h.path, "version: 1\nbudget: {watts: -1}\n");
+  await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+  assert.deepEqual(h.source.spec()?.budget, { watts: 3000, mw: 3_000_000 }, "last good kept");
+  await renameReplace(h.path, "version: 1\n");
+  await h.changed(2);
+  assert.equal(h.source.spec()?.budget, undefined);
+});
+
 Deno.test("a deleted file keeps the last good caps; recreating it applies again", async () => {
   await using h = await harness("version: 1\ndefault: {watts: 300}\n");
   await Deno.remove(h.path);
@@ -376,4 +393,41 @@ Deno.test("stop() closes the watcher: later edits are ignored; stop is idempoten
 Deno.test("start twice is an error", async () => {
   await using h = await harness("version: 1\n");
   await assert.rejects(() => h.source.start(() => {}), /already started/);
+});
+
+Deno.test("an oversized edit (over 1 MiB) keeps the last good caps and says why", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  await renameReplace(h.path, "version: 1\ndefault: {watts: 250}\n" + "#\n".repeat(600_000));
+  await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+  assert.deepEqual(h.telemetry.sourceErrors, ["file:unreadable"]);
+  assert.equal(h.watts("GPU-0"), 300, "last good caps kept");
+  assert.match(h.source.health().problem ?? "", /caps\.yaml: is larger than 1 MiB/);
+});
+
+Deno.test("a swap to a symlink out of the directory keeps the last good caps, never reads it", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  const outside = await Deno.makeTempDir({ prefix: "caps-outside-" });
+  try {
+    await Deno.writeTextFile(`${outside}/caps.yaml`, "version: 1\ndefault: {watts: 250}\n");
+    await Deno.symlink(`${outside}/caps.yaml`, `${h.path}.tmp`);
+    await Deno.rename(`${h.path}.tmp`, h.path);
+    await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+    assert.equal(h.watts("GPU-0"), 300, "last good caps kept");
+    assert.match(h.source.health().problem ?? "", /outside the caps file's directory/);
+  } finally {
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("a write without its close waits for the settle time; the close applies at once", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  const file = await Deno.open(h.path, { write: true, truncate: true });
+  await file.write(new TextEncoder().encode("version: 1\ndefault: {watts: 250}\n"));
+  // Open for writing: the 20 ms debounce passes, nothing is applied (settle is 2 s).
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(h.changes(), 0);
+  assert.equal(h.watts("GPU-0"), 300);
+  file.close();
+  await h.changed(1);
+  assert.equal(h.watts("GPU-0"), 250);
 });
