@@ -23,7 +23,13 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import { KubeApiError, type KubeClient } from "./kubernetes_client.ts";
-import { type BoundedItem, boundedLines, streamPodList } from "./kubernetes_stream.ts";
+import {
+  type BoundedItem,
+  boundedLines,
+  DEFAULT_MAX_OBJECT_BYTES,
+  HEALTHY_WATCH_MS,
+  streamPodList,
+} from "./kubernetes_stream.ts";
 
 /** The fields of a core/v1 Pod the agent reads. */
 export interface KubePod {
@@ -120,8 +126,6 @@ type WatchEnd =
 const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 500, maxMs: 30_000 };
 /** Default cap of the backoff while the API server gives no answer at all. */
 const DEFAULT_UNREACHABLE_MAX_MS = 3000;
-/** Default largest watch event / list item (etcd stores objects of at most ~1.5 MiB). */
-export const DEFAULT_MAX_OBJECT_BYTES = 4 * 1024 * 1024;
 
 /** No HTTP answer at all (refused, reset, DNS): not a timeout of a slow, overloaded server. */
 function unreachable(error: unknown): boolean {
@@ -170,7 +174,7 @@ export class PodInformer {
       watchTimeoutSeconds: options.watchTimeoutSeconds ?? 300,
       watchGraceMs: options.watchGraceMs ?? 30_000,
       watchIdleMs: options.watchIdleMs ?? 120_000,
-      healthyResetMs: options.healthyResetMs ?? 30_000,
+      healthyResetMs: options.healthyResetMs ?? HEALTHY_WATCH_MS,
       maxObjectBytes: options.maxObjectBytes ?? DEFAULT_MAX_OBJECT_BYTES,
       listTimeoutMs: options.listTimeoutMs ?? 120_000,
     };

@@ -12,6 +12,11 @@
  * multi-byte UTF-8 sequence, so no decoding is needed to find boundaries.
  */
 
+/** Default largest watch event / list item (etcd stores objects of at most ~1.5 MiB). */
+export const DEFAULT_MAX_OBJECT_BYTES = 4 * 1024 * 1024;
+/** A watch open this long without trouble resets the reconnect failure count. */
+export const HEALTHY_WATCH_MS = 30_000;
+
 /** Bytes kept of an oversized object to say which object it was. */
 const PREFIX_BYTES = 4096;
 const NEWLINE = 10;

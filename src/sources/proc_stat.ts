@@ -4,6 +4,8 @@
  * is told apart from the one a cache remembers.
  */
 
+import { readBoundedTextSync } from "../state/bounded_read.ts";
+
 /** `/proc/<pid>/stat` is a few hundred bytes; more than this is not a stat file. */
 const MAX_STAT_BYTES = 4096;
 
@@ -22,27 +24,18 @@ export function startTimeFromStat(text: string): string | undefined {
 }
 
 /**
- * The start time of process `pid` read from `<procRoot>/<pid>/stat` (at most 4 KiB, regular
- * files only), or undefined when it cannot be read (the process exited, or no such file).
- * Never throws.
+ * The start time of process `pid` read from `<procRoot>/<pid>/stat` (through the bounded
+ * reader: regular files only, at most 4 KiB), or undefined when it cannot be read (the process
+ * exited, or no such file). Never throws.
  */
 export function readProcessStartTime(procRoot: string, pid: number): string | undefined {
-  const path = `${procRoot}/${pid}/stat`;
-  let file: Deno.FsFile | undefined;
   try {
-    if (!Deno.lstatSync(path).isFile) return undefined;
-    file = Deno.openSync(path, { read: true });
-    const buffer = new Uint8Array(MAX_STAT_BYTES);
-    let length = 0;
-    while (length < buffer.length) {
-      const n = file.readSync(buffer.subarray(length));
-      if (n === null || n === 0) break;
-      length += n;
-    }
-    return startTimeFromStat(new TextDecoder().decode(buffer.subarray(0, length)));
+    const { text } = readBoundedTextSync(`${procRoot}/${pid}/stat`, {
+      limit: MAX_STAT_BYTES,
+      what: "process stat file",
+    });
+    return startTimeFromStat(text);
   } catch {
     return undefined;
-  } finally {
-    file?.close();
   }
 }

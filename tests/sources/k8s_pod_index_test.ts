@@ -4,7 +4,11 @@ import { readProcessStartTime, startTimeFromStat } from "../../src/sources/proc_
 import type { KubePod } from "../../src/sources/kubernetes_informer.ts";
 
 const KEY = "dynamo.nvidia.com/gpu-power-limit";
-const GPUS = [{ index: 0, uuid: "GPU-0" }, { index: 1, uuid: "GPU-1" }];
+/** The two GPUs with the compute PIDs observed this pass (null: the query failed). */
+const gpus = (pids0: number[] | null, pids1: number[] | null) => [
+  { index: 0, uuid: "GPU-0", pids: pids0 },
+  { index: 1, uuid: "GPU-1", pids: pids1 },
+];
 
 function pod(name: string, uid: string): KubePod {
   return {
@@ -38,7 +42,7 @@ Deno.test("pod index: a reused PID maps to the pod its new process runs in", asy
     index.replace([pod("a", UID_A), pod("b", UID_B)]);
     await runProcess(root, 100, UID_A, 1111);
     const pids: number[][] = [[100], []];
-    const scan = () => index.scan(GPUS, { computePids: (i) => pids[i], procRoot: root });
+    const scan = () => index.scan(gpus(pids[0], pids[1]), { procRoot: root });
     scan();
     assert.deepEqual([...index.gpusOf(UID_A)], ["GPU-0"]);
     // Same process: the cgroup file is not read again.
@@ -67,13 +71,7 @@ Deno.test("pod index: the PID cache holds only PIDs of the latest scan, even whi
     for (let round = 0; round < 200; round++) {
       const pid = next++;
       await runProcess(root, pid, UID_A, pid * 10);
-      const result = index.scan(GPUS, {
-        computePids: (i) => {
-          if (i === 0) throw new Error("NVML_ERROR_UNKNOWN");
-          return [pid];
-        },
-        procRoot: root,
-      });
+      const result = index.scan(gpus(null, [pid]), { procRoot: root });
       assert.equal(result.failed.length, 1);
       await Deno.remove(`${root}/${pid}`, { recursive: true });
     }
