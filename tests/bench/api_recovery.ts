@@ -11,7 +11,7 @@
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { createFakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
-import { spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
@@ -55,17 +55,11 @@ export async function measureApiRecovery(
   const api = await startFakeApiServer({ defaultNodeName: "bench-node" });
   api.addPod({ name: "p", namespace: "bench", uid, annotations: { [ANNOTATION]: "300" } });
   const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    await api.writeKubeconfig(dir),
-    "--node-name",
-    "bench-node",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    `${dir}/proc`,
+    ...kubernetesRunArgs({
+      kubeconfig: await api.writeKubeconfig(dir),
+      nodeName: "bench-node",
+      procRoot: `${dir}/proc`,
+    }),
     "--nvml-library",
     lib,
     "--state-dir",
