@@ -182,7 +182,19 @@ export function startHealthServer(
       ),
     );
   }
-  return Promise.resolve(new MetricsHttpServer(listener, options));
+  return Promise.resolve(serveHealth(listener, options));
+}
+
+/**
+ * Serve `/metrics`, `/healthz` and `/readyz` on an open listener (what
+ * {@link startHealthServer} does after listening; tests pass a listener whose `accept` fails).
+ * `close()` closes the listener.
+ */
+export function serveHealth(
+  listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>,
+  options: HealthServerOptions,
+): HealthServer {
+  return new MetricsHttpServer(listener, options);
 }
 
 /** Answer one parsed request. Never throws for a failing callback (500 instead). */

@@ -4,6 +4,7 @@ import {
   type HealthServer,
   parseListenAddress,
   type Readiness,
+  serveHealth,
   startHealthServer,
 } from "../../src/metrics/server.ts";
 import { findSamples, promtoolCheck, sampleValue } from "./exposition.ts";
@@ -304,6 +305,40 @@ Deno.test("a throwing callback answers 500 and is counted; oversized or bad requ
     assert.doesNotMatch(oversized, / 200 /);
     assert.match(await raw("GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"), / 200 OK[\s\S]*ok\n$/);
     assert.equal((await get(`${base}/healthz`)).status, 200);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("accept failures (too many open files) are counted, logged once, and survived", async () => {
+  const real = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let failuresLeft = 5;
+  // A listener whose accept() fails like EMFILE a few times, then works.
+  const flaky = new Proxy(real, {
+    get(target, prop) {
+      if (prop === "accept") {
+        return () => {
+          if (failuresLeft > 0) {
+            failuresLeft--;
+            return Promise.reject(new Error("Too many open files (os error 24)"));
+          }
+          return target.accept();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const errors: string[] = [];
+  const server = serveHealth(flaky, {
+    metrics: () => Promise.resolve(""),
+    ready: () => ({ ready: true }),
+    onError: (reason) => errors.push(reason),
+  });
+  try {
+    const res = await get(`http://127.0.0.1:${server.port}/healthz`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(errors, ["accept", "accept", "accept", "accept", "accept"]);
   } finally {
     await server.close();
   }
