@@ -222,6 +222,7 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
     ? await (await import("../metrics/server.ts")).startHealthServer(o.metricsAddress, {
       metrics: () => prom.metrics(),
       contentType: prom.contentType,
+      onError: (reason) => prom.metricsServerError(reason),
       ready: () =>
         readiness({
           health: source.health(),

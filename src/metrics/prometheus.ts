@@ -130,6 +130,8 @@ export interface PrometheusTelemetry extends Telemetry {
   metrics(): Promise<string>;
   /** Content type of {@link PrometheusTelemetry.metrics} output. */
   readonly contentType: string;
+  /** Count one failure of the metrics HTTP server (`accept`, `handler`, `connection_limit`…). */
+  metricsServerError(reason: string): void;
 }
 
 type GpuLabel = "gpu" | "uuid" | "name";
@@ -178,6 +180,7 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #clamps: Counter<"direction">;
   #nvmlErrors: Counter<"function" | "code">;
   #sourceErrors: Counter<"source" | "reason">;
+  #metricsServerErrors: Counter<"reason">;
   #invalidRequests: Counter<"reason">;
   #safeDefaults: Counter;
   #restores: Counter<"reason">;
@@ -270,6 +273,11 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       "source_errors_total",
       "Errors of the desired-cap source, by source and reason.",
       ["source", "reason"],
+    );
+    this.#metricsServerErrors = counter(
+      "metrics_server_errors_total",
+      "Failures of the /metrics HTTP server (the agent keeps running), by reason.",
+      ["reason"],
     );
     this.#invalidRequests = counter(
       "invalid_requests_total",
@@ -539,6 +547,13 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     this.#safely(
       "sourceError",
       () => this.#sourceErrors.inc(this.#bounded("source", { source, reason })),
+    );
+  }
+
+  metricsServerError(reason: string): void {
+    this.#safely(
+      "metricsServerError",
+      () => this.#metricsServerErrors.inc(this.#bounded("metrics_server", { reason })),
     );
   }
 

@@ -176,6 +176,8 @@ export class KubernetesCapSource implements CapSource {
       backoff: options.backoff,
       watchTimeoutSeconds: options.watchTimeoutSeconds,
       watchIdleMs: options.watchIdleMs ?? Math.max(options.staleAfterMs, 90_000),
+      // Only the power annotation is read: drop the others (last-applied-configuration…).
+      annotationKeys: [this.#o.annotation],
       handlers: {
         replace: (pods) => this.#replace(pods),
         event: (type, pod) => this.#event(type, pod),

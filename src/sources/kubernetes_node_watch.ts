@@ -2,7 +2,9 @@
  * Watch one annotation of this node (`gpu-power-agent.io/power-budget-watts`): LIST
  * `/api/v1/nodes?fieldSelector=metadata.name=<node>`, then WATCH from the list's
  * resourceVersion with bookmarks; re-watch when a watch ends, relist on 410 Gone, retry errors
- * with capped exponential backoff and jitter. `onChange` fires only when the annotation's value
+ * with capped exponential backoff and jitter. As in the pod informer, repeated 410s back off
+ * too (one failure count, reset only after a watch stayed open 30 s), and a watch line over
+ * 4 MiB is skipped unbuffered and relisted past. `onChange` fires only when the annotation's value
  * changes (node status updates do not wake the agent). In steady state: one open watch, no polls.
  *
  * Written against `KubeClient` directly rather than on `PodInformer`, whose list/watch loop is
@@ -14,6 +16,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import { KubeApiError, type KubeClient } from "./kubernetes_client.ts";
+import { boundedLines, DEFAULT_MAX_OBJECT_BYTES, HEALTHY_WATCH_MS } from "./kubernetes_stream.ts";
 
 /** The nodes collection. */
 export const NODES_PATH = "/api/v1/nodes";
@@ -51,7 +54,6 @@ interface NodeObject {
 }
 
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 30_000 };
-const MAX_LINE_CHARS = 16 * 1024 * 1024;
 
 /** Follows one annotation of one node. `start()` once, `stop()` to end. */
 export class NodeAnnotationWatcher {
@@ -129,7 +131,6 @@ export class NodeAnnotationWatcher {
 
   async #run(firstAttemptDone: () => void): Promise<void> {
     let relist = true;
-    let goneStreak = 0;
     while (!this.#stopped) {
       try {
         if (relist) {
@@ -140,17 +141,15 @@ export class NodeAnnotationWatcher {
         const end = await this.#watchOnce();
         if (end === "gone") {
           relist = true;
-          // Expired again right after a relist: do not hammer the server.
-          if (goneStreak++ > 0) await this.#sleep(this.#nextBackoff());
+          await this.#relistDelay();
           continue;
         }
-        goneStreak = 0;
         if (end === "empty") throw new Error("watch closed immediately by the API server");
-        this.#failures = 0;
       } catch (error) {
         if (this.#stopped) break;
         if (error instanceof KubeApiError && error.status === 410) {
           relist = true;
+          await this.#relistDelay();
           continue;
         }
         this.#fail(relist ? "list" : "watch", error);
@@ -158,6 +157,14 @@ export class NodeAnnotationWatcher {
         await this.#sleep(this.#nextBackoff());
       }
     }
+  }
+
+  /**
+   * The first relist after a healthy watch is immediate; repeated ones (a watch that keeps
+   * answering 410, or an oversized event) back off: a successful LIST proves nothing.
+   */
+  async #relistDelay(): Promise<void> {
+    if (this.#failures++ > 0) await this.#sleep(this.#nextBackoff());
   }
 
   async #list(): Promise<void> {
@@ -205,30 +212,25 @@ export class NodeAnnotationWatcher {
       stalled = true;
       abort.abort(new DOMException("watch stalled", "TimeoutError"));
     }, timeoutSeconds * 1000 + this.#o.watchGraceMs);
-    const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-    const cancel = () => reader.cancel().catch(() => {});
-    abort.signal.addEventListener("abort", cancel, { once: true });
-    let buffer = "";
+    // A watch that stays open this long proves the server healthy: forget earlier failures.
+    const healthyTimer = clock.setTimeout(() => (this.#failures = 0), HEALTHY_WATCH_MS);
     let lines = 0;
     try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let newline: number;
-        while ((newline = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, newline).trim();
-          buffer = buffer.slice(newline + 1);
-          if (line === "") continue;
-          lines++;
-          if (this.#onWatchLine(line) === "gone") return "gone";
+      for await (
+        const item of boundedLines(stream, DEFAULT_MAX_OBJECT_BYTES, { signal: abort.signal })
+      ) {
+        lines++;
+        if (item.kind === "oversized") {
+          this.#o.telemetry.sourceError("kubernetes", "oversized");
+          getLogger(["gpu-power-agent", "kubernetes"]).warn(
+            "Kubernetes node watch event for {node} is {bytes} bytes: skipped, relisting",
+            { node: item.identity, bytes: item.bytes },
+          );
+          return "gone";
         }
-        if (buffer.length > MAX_LINE_CHARS) {
-          throw new KubeApiError(`watch ${NODES_PATH}: event larger than 16 MiB`, { status: 200 });
-        }
+        if (this.#onWatchLine(item.text) === "gone") return "gone";
       }
       if (stalled) throw new Error("not ended by the server after its timeoutSeconds");
-      if (buffer.trim() !== "" && this.#onWatchLine(buffer.trim()) === "gone") return "gone";
       return lines === 0 && clock.now() - started < 1000 ? "empty" : "closed";
     } catch (error) {
       if (error instanceof KubeApiError) throw error;
@@ -240,9 +242,8 @@ export class NodeAnnotationWatcher {
       );
     } finally {
       clock.clearTimeout(stallTimer);
-      abort.signal.removeEventListener("abort", cancel);
+      clock.clearTimeout(healthyTimer);
       abort.abort();
-      cancel();
     }
   }
 

@@ -139,3 +139,17 @@ Deno.test("node watch: a failing WATCH keeps the last value and retries", async 
   await waitFor(() => f.watcher.value === "3000", "the change arrives after recovery");
   assert.equal(f.server.counters.lists + f.server.counters.watches, 0, "no pod requests");
 });
+
+Deno.test("node watch: a watch that keeps answering 410 backs off its relists (no storm)", async () => {
+  for (const fault of [410, "gone"] as const) {
+    await using f = await setup();
+    f.server.addNode(NODE, { annotations: { [POWER_BUDGET_ANNOTATION]: "4000" } });
+    f.server.setFaults({ nodeWatch: fault });
+    await f.watcher.start();
+    // Backoff 10 ms doubling to 40 ms: ~1 s allows some 25-40 relists; before, every LIST reset
+    // the count (HTTP 410 relisted with no pause at all: hundreds).
+    await new Promise((r) => setTimeout(r, 1000));
+    const lists = f.watcher.stats().lists;
+    assert.ok(lists >= 3 && lists <= 60, `${lists} LISTs in 1 s with 410 ${fault}`);
+  }
+});
