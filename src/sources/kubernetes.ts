@@ -313,8 +313,8 @@ export class KubernetesCapSource implements CapSource {
    * CapApplied/CapClamped/SafeDefaultApplied once the cap holds, CapNotApplied when it could not
    * be set, plus CapRejected for ignored/invalid annotations. Deduplicated per pod and GPU.
    */
-  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
-    if (info.dryRun || !this.#recorder) return;
+  report(outcomes: readonly GpuOutcome[]): void {
+    if (!this.#recorder) return;
     for (const outcome of outcomes) {
       if (outcome.action === "skipped") continue;
       const label = `GPU ${outcome.index} (${outcome.uuid})`;

@@ -71,7 +71,7 @@ export class FakeCapSource implements CapSource {
   lastViews: readonly GpuView[] = [];
   onChange: (() => void) | null = null;
   /** Outcomes passed to report(), one entry per call. */
-  reported: { outcomes: readonly GpuOutcome[]; dryRun: boolean }[] = [];
+  reported: { outcomes: readonly GpuOutcome[] }[] = [];
 
   constructor(caps: DesiredCaps | null = new Map()) {
     this.caps = caps;
@@ -88,8 +88,8 @@ export class FakeCapSource implements CapSource {
     return this.caps === null ? null : new Map(this.caps);
   }
 
-  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
-    this.reported.push({ outcomes, dryRun: info.dryRun });
+  report(outcomes: readonly GpuOutcome[]): void {
+    this.reported.push({ outcomes });
   }
 
   health(): SourceHealth {

@@ -15,10 +15,13 @@ const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
 const INTERVAL = 30_000;
 
-function setup(options: Partial<ReconcileLoopOptions> = {}) {
+/** `dryRun`: the loop runs over a read-only journal, as `run --dry-run` does. */
+function setup(
+  { dryRun = false, ...options }: Partial<ReconcileLoopOptions> & { dryRun?: boolean } = {},
+) {
   const gpu = new FakeGpuControl([fakeH100(0), fakeH100(1)]);
   const tmp = tempStateDir();
-  const journal = loadJournal(tmp.dir);
+  const journal = loadJournal(tmp.dir, { readOnly: dryRun });
   const source = new FakeCapSource(caps([U0, 250]));
   const clock = new ManualClock();
   const telemetry = new RecordingTelemetry();

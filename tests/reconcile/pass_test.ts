@@ -304,17 +304,19 @@ Deno.test("GPU vanished: its journal entry is kept", () => {
   assert.equal(t.journal.has(U1), false);
 });
 
-Deno.test("dry run: plans what would change, never sets, never writes the journal", () => {
+Deno.test("dry run (read-only journal): plans what would change, never sets, never writes", () => {
   using t = setup();
   const printed: string[] = [];
+  const journal = loadJournal(t.tmp.dir, { readOnly: true });
   const report = t.pass(caps([U0, 250]), {
-    dryRun: true,
+    journal,
     onPlan: (plan) => printed.push(...describePlan(plan)),
   });
   assert.equal(report!.dryRun, true);
   assert.equal(report!.gpus[0].action, "apply");
   assert.equal(t.gpu.calls.setLimit, 0);
-  assert.equal(t.journal.has(U0), false);
+  assert.equal(journal.has(U0), false);
+  assert.equal(journal.saveCount, 0);
   assert.throws(() => Deno.statSync(t.tmp.dir), Deno.errors.NotFound);
   assert.deepEqual(printed, [
     `GPU 0 (${U0}, NVIDIA H100 80GB HBM3): would set 700 W → 250 W (test 250 W)`,

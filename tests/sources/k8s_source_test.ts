@@ -448,34 +448,15 @@ Deno.test("k8s source: stop() closes the watch and is idempotent", async () => {
   await waitFor(() => f.server.activeWatches === 0, "watch closed");
 });
 
-Deno.test("k8s source: Events come from outcomes — nothing from desired() or a dry run; CapNotApplied on failure", async () => {
+Deno.test("k8s source: Events come from outcomes — nothing from desired(); CapNotApplied on failure", async () => {
   await using f = await setupK8s();
   const pod = f.server.addPod({ name: "p", namespace: "ml", annotations: { [KEY]: "250" } });
   await f.runProcess(2000, pod.metadata.uid, 0);
   await waitFor(() => f.source.stats().pods === 1, "pod seen");
   f.source.desired(f.views());
-  f.source.report(
-    [{
-      uuid: GPU0,
-      index: 0,
-      name: "x",
-      action: "apply",
-      fromMw: 700_000,
-      toMw: 250_000,
-      requestedMw: 250_000,
-      clamp: "none",
-      reason: "pod ml/p",
-      desired: f.source.desired(f.views())!.get(GPU0),
-      desiredKind: "pod",
-      enforced: true,
-      wanted: true,
-      changed: false,
-      summary: "",
-    }],
-    { dryRun: true },
-  );
   await f.source.flushEvents();
-  assert.equal(f.server.counters.events, 0, "a decision or a dry run posts nothing");
+  // A dry run never calls report() (tests/reconcile/loop_test.ts, tests/e2e/outcomes_test.ts).
+  assert.equal(f.server.counters.events, 0, "a decision posts nothing");
 
   f.gpu.failOn(0, "setLimit", "NO_PERMISSION");
   f.caps();

@@ -147,7 +147,7 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
       const desired = source.desired(gpuViews(observation));
       if (desired === null) throw new Error("desired() returned null");
       last = reconcilePass(gpu, desired, { journal, telemetry, observation });
-      source.report(last.gpus, { dryRun: false });
+      source.report(last.gpus);
       return Object.fromEntries([...desired].map(([uuid, cap]) => [uuid, cap.mw]));
     },
     async runProcess(pid, uid, index) {
