@@ -5,20 +5,21 @@ import { observeGpus } from "../../src/reconcile/observe.ts";
 import { describePlan } from "../../src/reconcile/report.ts";
 import { type DesiredCaps, gpuViews } from "../../src/sources/cap_source.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
-import { caps, captureLogs, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
+import { caps, captureLogs, reconcileFixture, RecordingTelemetry, tempStateDir } from "./fakes.ts";
 
 const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
 
-function setup(n = 2) {
-  const gpu = new FakeGpuControl(Array.from({ length: n }, (_, i) => fakeH100(i)));
-  const tmp = tempStateDir();
-  const telemetry = new RecordingTelemetry();
-  const clock = new ManualClock();
-  const journal = loadJournal(tmp.dir, { now: () => clock.now() });
+function setup(gpus = 2) {
+  const f = reconcileFixture({ gpus });
   const pass = (desired: DesiredCaps | null, options: Partial<ReconcilePassOptions> = {}) =>
-    reconcilePass(gpu, desired, { journal, telemetry, clock, ...options });
-  return { gpu, tmp, telemetry, clock, journal, pass, [Symbol.dispose]: tmp[Symbol.dispose] };
+    reconcilePass(f.gpu, desired, {
+      journal: f.journal,
+      telemetry: f.telemetry,
+      clock: f.clock,
+      ...options,
+    });
+  return { ...f, pass };
 }
 
 function onDisk(journal: Journal) {
