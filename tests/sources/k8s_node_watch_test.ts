@@ -139,8 +139,8 @@ Deno.test("node watch: a failing WATCH keeps the last value and retries", async 
   assert.equal(f.server.counters.lists + f.server.counters.watches, 0, "no pod requests");
 });
 
-for (const fault of [410, "gone"] as const) {
-  Deno.test(`node watch: a watch that keeps answering 410 (${fault === 410 ? "HTTP" : "ERROR event"}) backs off its relists`, async () => {
+Deno.test("node watch: a watch that keeps answering 410 backs off its relists (no storm)", async () => {
+  for (const fault of [410, "gone"] as const) {
     const clock = new ManualClock();
     await using f = await setup({}, {
       clock,
@@ -153,15 +153,15 @@ for (const fault of [410, "gone"] as const) {
     // First 410 after a healthy start: relist at once; then 150, 300, 600, 600 ms (capped).
     // Before, every LIST reset the count (HTTP 410 relisted with no pause at all).
     for (const [i, ms] of [150, 300, 600, 600].entries()) {
-      await waitFor(() => clock.pending().includes(ms), `relist backoff ${ms} ms`);
+      await waitFor(() => clock.pending().includes(ms), `relist backoff ${ms} ms (${fault})`);
       assert.equal(f.server.counters.nodeLists, i + 2, "one LIST per backoff, not a storm");
       assert.equal(f.server.counters.nodeWatches, i + 2);
       clock.fire(ms);
     }
     await waitFor(() => f.server.counters.nodeLists === 6, "sixth LIST");
     assert.equal(f.watcher.value, "4000");
-  });
-}
+  }
+});
 
 Deno.test("node watch: while the API server is unreachable the backoff is capped at 3 s", async () => {
   const clock = new ManualClock();

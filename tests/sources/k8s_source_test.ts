@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { GPU0, GPU1, KEY, NODE, SAFE_MW, setupK8s, waitFor } from "./k8s_test_support.ts";
+import { ReconcileLoop } from "../../src/reconcile/loop.ts";
+import { loadJournal } from "../../src/state/journal.ts";
 
 Deno.test("k8s source: null before start, then initial sync → caps on the pod's GPU", async () => {
   await using f = await setupK8s({ noStart: true });
@@ -448,15 +450,21 @@ Deno.test("k8s source: stop() closes the watch and is idempotent", async () => {
   await waitFor(() => f.server.activeWatches === 0, "watch closed");
 });
 
-Deno.test("k8s source: Events come from outcomes — nothing from desired(); CapNotApplied on failure", async () => {
+Deno.test("k8s source: Events come from outcomes — nothing from desired() or a dry run; CapNotApplied on failure", async () => {
   await using f = await setupK8s();
   const pod = f.server.addPod({ name: "p", namespace: "ml", annotations: { [KEY]: "250" } });
   await f.runProcess(2000, pod.metadata.uid, 0);
   await waitFor(() => f.source.stats().pods === 1, "pod seen");
   f.source.desired(f.views());
+  // A dry run: the loop over a read-only journal plans the 250 W cap but never reports it.
+  const dryRun = new ReconcileLoop(f.gpu, f.source, {
+    journal: loadJournal(`${f.dir}/state`, { readOnly: true }),
+    intervalMs: 60_000,
+    printPlan: () => {},
+  });
+  assert.equal(dryRun.runOnce().gpus[0].summary, "would set 700 W → 250 W (pod ml/p)");
   await f.source.flushEvents();
-  // A dry run never calls report() (tests/reconcile/loop_test.ts, tests/e2e/outcomes_test.ts).
-  assert.equal(f.server.counters.events, 0, "a decision posts nothing");
+  assert.equal(f.server.counters.events, 0, "a decision or a dry run posts nothing");
 
   f.gpu.failOn(0, "setLimit", "NO_PERMISSION");
   f.caps();
