@@ -2,7 +2,7 @@
  * Entry point of the command line: parse, configure logging, locate NVML, dispatch, map errors to
  * exit codes. `main.ts` only calls {@linkcode runCli} and exits with its result.
  */
-import { FLAGS, helpText, parseCommandLine, UsageError } from "./flags.ts";
+import { helpText, parseCommandLine, UsageError } from "./flags.ts";
 import type { CliIo, CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
 import { configureLogging } from "./logging.ts";
@@ -16,11 +16,6 @@ export interface RunCliOptions {
   /** Environment lookup; default reads only the variables named in the flag table. */
   env?: (name: string) => string | undefined;
   io?: CliIo;
-}
-
-/** The names of every environment variable the agent may read (for `--allow-env`). */
-export function agentEnvNames(): string[] {
-  return [...new Set(FLAGS.flatMap((f) => f.env))];
 }
 
 function defaultEnv(name: string): string | undefined {

@@ -151,7 +151,8 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
   const kind = selectSource(o);
 
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
-  const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });
+  // Dry run is decided here: a read-only journal makes every pass and restore plan only.
+  const journal = loadJournal(o.stateDir, { readOnly: o.dryRun });
   const live: LiveState = {};
   const prom = o.metricsAddress !== "off" && !o.once
     ? (await import("../metrics/prometheus.ts")).createPrometheusTelemetry({
@@ -197,7 +198,6 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
     clock: systemClock,
     intervalMs: o.interval * 1000,
     restoreTo: o.restoreTo,
-    dryRun: o.dryRun,
     // The dry-run plan goes to stdout: the same text `check` prints.
     printPlan: (lines) => {
       ctx.io.out(`dry run: plan at ${new Date().toISOString()} (nothing is changed):`);
@@ -242,7 +242,6 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
 
   const code = await untilStopped(loop, {
     signals,
-    dryRun: o.dryRun,
     reload: () => source.reload?.(),
     cleanup: async () => {
       // GPUs are restored by then; nothing here may keep the process from exiting.
@@ -275,7 +274,7 @@ async function restoreDuringStartup(gpu: GpuControl, opts: StartupStopOptions): 
     signal: opts.signals.stopSignal(),
   });
   let code: number = EXIT.ok;
-  if (!opts.options.dryRun) {
+  if (!opts.journal.readOnly) {
     const report = restoreAll(gpu, {
       journal: opts.journal,
       reason: "shutdown",
@@ -294,7 +293,6 @@ async function restoreDuringStartup(gpu: GpuControl, opts: StartupStopOptions): 
 interface UntilStoppedOptions {
   /** Installed at start; the first SIGTERM/SIGINT stops the loop. */
   signals: RunSignals;
-  dryRun: boolean;
   /** SIGHUP handler (the file source re-reads its file). */
   reload: () => void | Promise<void>;
   /** Runs after the GPUs were restored. */
@@ -318,7 +316,7 @@ async function untilStopped(loop: ReconcileLoop, options: UntilStoppedOptions): 
   log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
   let code: number = EXIT.ok;
   try {
-    const restored = await loop.stop({ restore: !options.dryRun });
+    const restored = await loop.stop({ restore: true });
     if (restored && !restored.ok) code = EXIT.failure;
   } catch (err) {
     log.error("Shutdown failed: {error}", { error: (err as Error).message });

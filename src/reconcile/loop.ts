@@ -64,11 +64,9 @@ export interface ReconcileLoopOptions {
   clock?: Clock;
   /** Default `baseline`. */
   restoreTo?: RestoreTarget;
-  /** Print the plan; never set a limit, write the journal or post an Event. */
-  dryRun?: boolean;
   /** Per-GPU retry backoff (default 1 s doubling to 5 min). */
   backoff?: BackoffPolicy;
-  /** Where the dry-run plan is printed (default: the log). */
+  /** Where the plan is printed in dry run (a read-only journal; default: the log). */
   printPlan?: (lines: string[]) => void;
 }
 
@@ -87,7 +85,6 @@ export class ReconcileLoop {
   #clock: Clock;
   #intervalMs: number;
   #restoreTo: RestoreTarget;
-  #dryRun: boolean;
   #started = false;
   #stopped = false;
   #passing = false;
@@ -122,7 +119,6 @@ export class ReconcileLoop {
     this.#clock = options.clock ?? systemClock;
     this.#intervalMs = options.intervalMs;
     this.#restoreTo = options.restoreTo ?? "baseline";
-    this.#dryRun = options.dryRun ?? false;
     this.#actuator = new Actuator(gpu, {
       journal: this.#journal,
       telemetry: this.#telemetry,
@@ -215,13 +211,13 @@ export class ReconcileLoop {
     this.#pending = false;
     this.#clearTimer("trigger");
     this.#clearTimer("interval");
-    if (!options.restore) return Promise.resolve(null);
+    // A dry run (read-only journal) changed nothing: nothing to restore.
+    if (!options.restore || this.#journal.readOnly) return Promise.resolve(null);
     return Promise.resolve(restoreAll(this.#gpu, {
       journal: this.#journal,
       reason: "shutdown",
       restoreTo: this.#restoreTo,
       telemetry: this.#telemetry,
-      dryRun: this.#dryRun,
       clock: this.#clock,
     }));
   }
@@ -272,7 +268,7 @@ export class ReconcileLoop {
         gpus: [],
         writes: 0,
         ok: false,
-        dryRun: this.#dryRun,
+        dryRun: this.#journal.readOnly,
         desiredKnown: false,
         absentUuids: [],
         error: message,
@@ -315,14 +311,13 @@ export class ReconcileLoop {
         journal: this.#journal,
         telemetry: this.#telemetry,
         restoreTo: this.#restoreTo,
-        dryRun: this.#dryRun,
         restoreReason: this.#startupDone ? "unmanaged" : "startup",
         observation,
         actuator: this.#actuator,
         sourceError,
         clock: this.#clock,
         onPlan: (plan) => {
-          if (!this.#dryRun) return;
+          if (!this.#journal.readOnly) return;
           const text = describePlan(plan).join("\n");
           if (text === this.#lastPlanText) return;
           this.#lastPlanText = text;
@@ -333,7 +328,7 @@ export class ReconcileLoop {
       this.#reportBudget(report, budget);
       if (!report.dryRun) {
         try {
-          this.#source.report?.(report.gpus, { dryRun: false });
+          this.#source.report?.(report.gpus);
         } catch (err) {
           getLogger(["gpu-power-agent", "reconcile"]).error("Source report failed: {error}", {
             error: err instanceof Error ? err.message : String(err),

@@ -1,7 +1,8 @@
 /**
  * One level-triggered reconcile pass: observe → plan → actuate → report. Each GPU is handled on
  * its own: one GPU's failure never blocks the others, and a GPU whose state cannot be read is
- * never touched. In dry run the plan is reported as outcomes and nothing is written.
+ * never touched. Over a read-only journal (`run --dry-run`) the pass stops after planning: the
+ * plan is reported as outcomes and nothing is set or written.
  *
  * NVML cost of a steady-state pass: `listGpus()` + one `readLimits()` per GPU, no writes, no
  * journal write. A change adds `setLimit()` + one read-back `readLimits()` for that GPU.
@@ -27,8 +28,6 @@ export interface ReconcilePassOptions {
   telemetry?: Telemetry;
   /** Restore unmanaged GPUs to their baseline (default) or the vendor default. */
   restoreTo?: RestoreTarget;
-  /** Plan only: never set a limit or write the journal. */
-  dryRun?: boolean;
   /** Label for restores of GPUs without a desired cap: `startup` on the first pass, else `unmanaged`. */
   restoreReason?: RestoreReason;
   /** Observation already made this pass (avoids reading every GPU twice); read here if omitted. */
@@ -57,7 +56,7 @@ export function reconcilePass(
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;
-  const dryRun = (options.dryRun ?? false) || journal.dryRun;
+  const dryRun = journal.readOnly;
   const startedMs = clock.now();
   const report = emptyReport({ dryRun, desiredKnown: desired !== null, startedMs });
 

@@ -63,7 +63,7 @@ export interface CapSource {
    * What happened this pass, after actuation: the outcomes are the one source of what the source
    * tells others (Kubernetes Events). Not called in dry run.
    */
-  report?(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void;
+  report?(outcomes: readonly GpuOutcome[]): void;
   /**
    * The node power budget in force now (caps file `budget`, node annotation); absent or
    * `budgetMw: null`: no budget. Read once per pass, after `desired()`.

@@ -25,13 +25,8 @@ import { systemClock } from "../clock.ts";
 import { decideGpuCap, type OutcomeEvent, outcomeEvents } from "../policy/shared_gpu.ts";
 import { DEFAULT_POWER_ANNOTATION } from "./annotation.ts";
 import { type KubeClient, loadKubeClient } from "./kubernetes_client.ts";
-import {
-  type BackoffOptions,
-  type InformerStats,
-  type KubePod,
-  type PodEventType,
-  PodInformer,
-} from "./kubernetes_informer.ts";
+import { type KubePod, PodInformer } from "./kubernetes_informer.ts";
+import type { BackoffOptions, ListWatchStats, WatchEventType } from "./kubernetes_list_watch.ts";
 import { KubeEventRecorder } from "./kubernetes_events.ts";
 import { PodIndex, type PodRecord } from "./kubernetes_pod_index.ts";
 import type { PodAllocation, PodResourcesClient } from "./pod_resources.ts";
@@ -112,7 +107,7 @@ export interface KubernetesSourceOptions {
 
 /** Counters for tests and `status`. */
 export interface KubernetesSourceStats {
-  informer: InformerStats;
+  informer: ListWatchStats;
   pods: number;
   cachedPids: number;
   eventsSent: number;
@@ -318,8 +313,8 @@ export class KubernetesCapSource implements CapSource {
    * CapApplied/CapClamped/SafeDefaultApplied once the cap holds, CapNotApplied when it could not
    * be set, plus CapRejected for ignored/invalid annotations. Deduplicated per pod and GPU.
    */
-  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
-    if (info.dryRun || !this.#recorder) return;
+  report(outcomes: readonly GpuOutcome[]): void {
+    if (!this.#recorder) return;
     for (const outcome of outcomes) {
       if (outcome.action === "skipped") continue;
       const label = `GPU ${outcome.index} (${outcome.uuid})`;
@@ -423,7 +418,7 @@ export class KubernetesCapSource implements CapSource {
     this.#notify();
   }
 
-  #event(type: PodEventType, pod: KubePod): void {
+  #event(type: WatchEventType, pod: KubePod): void {
     const { before, after, hadGpus } = this.#index.apply(type, pod);
     const uid = pod.metadata.uid;
     let relevant: boolean;

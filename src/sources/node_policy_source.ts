@@ -127,8 +127,8 @@ export class NodePolicyCapSource implements CapSource {
   }
 
   /** Events go to the pods (through the pods' source). */
-  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
-    this.#pods.report?.(outcomes, info);
+  report(outcomes: readonly GpuOutcome[]): void {
+    this.#pods.report?.(outcomes);
   }
 
   /**

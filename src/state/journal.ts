@@ -28,9 +28,11 @@ export interface JournalEntry {
 
 /** Options of `loadJournal`. */
 export interface LoadJournalOptions {
-  /** Never write anything (no save, no moving a corrupt file aside). */
-  dryRun?: boolean;
-  /** For readers such as `status`: same as `dryRun` (never writes anything). */
+  /**
+   * Never write anything (no save, no moving a corrupt file aside): `status`, `check` and
+   * `run --dry-run`. A pass or restore over a read-only journal plans only (nothing can be
+   * changed whose baseline could not be made durable first).
+   */
   readOnly?: boolean;
   /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
   now?: () => number;
@@ -63,8 +65,8 @@ export class Journal {
   readonly path: string;
   /** State directory holding the file. */
   readonly stateDir: string;
-  /** True when this journal never writes (`dryRun` or `readOnly` at load). */
-  readonly dryRun: boolean;
+  /** True when this journal never writes (`readOnly` at load). */
+  readonly readOnly: boolean;
   #entries: Map<string, JournalEntry>;
   #dirty = false;
   #saveCount = 0;
@@ -79,7 +81,7 @@ export class Journal {
   ) {
     this.stateDir = stateDir;
     this.path = joinPath(stateDir, JOURNAL_FILE);
-    this.dryRun = (options.dryRun ?? false) || (options.readOnly ?? false);
+    this.readOnly = options.readOnly ?? false;
     this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
     this.#now = options.now ?? Date.now;
     this.#fileStamp = this.#stamp();
@@ -162,10 +164,10 @@ export class Journal {
 
   /**
    * Write the file atomically if anything changed. Returns true when the file was written.
-   * Throws an Error naming the file when it cannot be written. A dry-run journal never writes.
+   * Throws an Error naming the file when it cannot be written. A read-only journal never writes.
    */
   save(): boolean {
-    if (!this.#dirty || this.dryRun) return false;
+    if (!this.#dirty || this.readOnly) return false;
     const gpus: Record<string, JournalEntry> = {};
     for (const [uuid, e] of [...this.#entries].sort(([a], [b]) => a.localeCompare(b))) {
       gpus[uuid] = {
@@ -212,7 +214,7 @@ export class Journal {
    * emptied, replaced or removed it). Returns true when the file was written. Throws like `save`.
    */
   ensureOnDisk(): boolean {
-    if (this.dryRun) return false;
+    if (this.readOnly) return false;
     if (!this.#dirty && this.#stamp() === this.#fileStamp) return false;
     if (!this.#dirty) {
       getLogger(["gpu-power-agent", "journal"]).warn(
@@ -242,7 +244,7 @@ export class Journal {
  * Load `<stateDir>/journal.json`. A missing file (or directory) gives an empty journal; the
  * directory is created on first save. The file is read through the bounded reader (regular file,
  * at most 16 MiB). A corrupt file — or one that is not a regular file or is too large — is logged
- * as a warning, moved aside to `journal.json.corrupt-<epoch ms>` (not in dry-run or read-only) and
+ * as a warning, moved aside to `journal.json.corrupt-<epoch ms>` (not when read-only) and
  * the journal starts empty; an unreadable file is also a warning and an empty journal. With
  * `strict` (for `restore`) both throw a {@linkcode JournalReadError} instead and nothing moves.
  */
@@ -288,7 +290,7 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
   }
   if (typeof parsed === "string") {
     let movedTo: string | null = null;
-    if (!options.dryRun && !options.readOnly) {
+    if (!options.readOnly) {
       const aside = `${path}.corrupt-${now()}`;
       try {
         Deno.renameSync(path, aside);

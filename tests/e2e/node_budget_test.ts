@@ -6,42 +6,23 @@
  * caps file + annotation (the smaller wins) and a node ceiling below a pod's request.
  */
 import assert from "node:assert/strict";
-import { buildFakeNvml } from "../fake_nvml/build.ts";
+import { type FakeNvmlDir, makeGpu, readFakeState } from "../helpers/fake_state.ts";
+import { runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import {
-  createFakeNvmlDir,
-  type FakeNvmlDir,
-  makeGpu,
-  readFakeState,
-} from "../helpers/fake_state.ts";
-import {
-  type AgentProcess,
-  kubernetesRunArgs,
-  runAgent,
-  spawnAgent,
-  waitFor,
-} from "../helpers/agent_process.ts";
-import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
+  events,
+  http,
+  K8S_NODE,
+  limits,
+  POD_UIDS,
+  setupK8sAgent,
+  stop,
+} from "../helpers/k8s_agent.ts";
 import { sampleValue } from "../metrics/exposition.ts";
 import { setupFileAgent } from "../helpers/file_agent.ts";
 
 const POD_ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 const BUDGET_ANNOTATION = "gpu-power-agent.io/power-budget-watts";
-const NODE = "gpu-node-1";
-
-function limits(fake: FakeNvmlDir): number[] {
-  return readFakeState(fake.statePath).gpus.map((g) => g.limitMw);
-}
-
-function http(port: number) {
-  return async (path: string) => {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}${path}`);
-      return { status: r.status, body: await r.text() };
-    } catch {
-      return { status: 0, body: "" }; // not listening yet
-    }
-  };
-}
+const NODE = K8S_NODE;
 
 function metric(text: string, name: string): number | undefined {
   return sampleValue(text, `gpu_power_agent_${name}`, {});
@@ -63,11 +44,6 @@ function peakTotal(fake: FakeNvmlDir, initial: Map<string, number>): number {
     peak = Math.max(peak, total());
   }
   return peak;
-}
-
-async function stop(agent: AgentProcess): Promise<void> {
-  agent.killTree("SIGKILL");
-  await agent.status();
 }
 
 /** Eight 700 W GPUs (min 200 W) starting at `startMw`, a caps file, metrics on a free port. */
@@ -201,57 +177,24 @@ Deno.test("budget below Σ min: every GPU at its min, over budget, ready; raised
   }
 });
 
-interface Event {
-  reason: string;
-  type: string;
-  message: string;
-  involvedObject: { name: string };
-}
-
-function events(api: FakeApiServer, pod: string): Event[] {
-  return (api.events as unknown as Event[]).filter((e) => e.involvedObject.name === pod);
-}
-
 Deno.test("Kubernetes: node annotation budget while running, caps file + annotation (smaller wins), node ceiling", async () => {
-  const lib = await buildFakeNvml();
-  const UID_A = "aaaa0001-0000-4000-8000-000000000001";
-  const UID_B = "bbbb0002-0000-4000-8000-000000000002";
-  const fake = createFakeNvmlDir({
-    driverVersion: "580.159.04",
-    gpus: [
-      makeGpu(0, { processes: [{ pid: 4242 }] }),
-      makeGpu(1, { processes: [{ pid: 4343 }] }),
-    ],
-  });
-  const proc = `${fake.dir}/proc`;
-  for (const [pid, uid] of [[4242, UID_A], [4343, UID_B]] as const) {
-    await Deno.mkdir(`${proc}/${pid}`, { recursive: true });
-    await Deno.writeTextFile(`${proc}/${pid}/cgroup`, `0::/kubepods/burstable/pod${uid}/c${pid}\n`);
-  }
-  const api = await startFakeApiServer({ defaultNodeName: NODE });
+  const s = await setupK8sAgent();
+  const { fake, api } = s;
   api.addNode(NODE, { annotations: { [BUDGET_ANNOTATION]: "1000" } });
-  api.addPod({ name: "a", namespace: "ml", uid: UID_A, annotations: { [POD_ANNOTATION]: "700" } });
-  api.addPod({ name: "b", namespace: "ml", uid: UID_B, annotations: { [POD_ANNOTATION]: "700" } });
-  const kubeconfig = await api.writeKubeconfig(fake.dir);
+  for (const [i, name] of ["a", "b"].entries()) {
+    api.addPod({
+      name,
+      namespace: "ml",
+      uid: POD_UIDS[i],
+      annotations: { [POD_ANNOTATION]: "700" },
+    });
+  }
   const policyDir = `${fake.dir}/policy`;
   await Deno.mkdir(policyDir);
   const policy = `${policyDir}/node-policy.yaml`;
   await Deno.writeTextFile(policy, "version: 1\nbudget: {watts: 2000}\n");
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const get = http(port);
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig, nodeName: NODE, procRoot: proc }),
-    "--caps-file",
-    policy,
-    "--metrics-address",
-    `127.0.0.1:${port}`,
-    "--interval",
-    "1",
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-  ], { env: fake.env });
+  const get = http(s.port);
+  const agent = spawnAgent(s.args(["--caps-file", policy, "--interval", "1"]), { env: fake.env });
   const budgetIs = async (watts: number) =>
     metric((await get("/metrics")).body, "node_power_budget_watts") === watts;
   try {

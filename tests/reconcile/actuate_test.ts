@@ -11,38 +11,25 @@ import {
   captureLogs,
   FakeCapSource,
   ManualClock,
-  RecordingTelemetry,
+  reconcileFixture,
   tempStateDir,
 } from "./fakes.ts";
 
 const U = [0, 1, 2, 3].map((i) => fakeH100(i).uuid);
 
 function setup(gpus = 2) {
-  const gpu = new FakeGpuControl(Array.from({ length: gpus }, (_, i) => fakeH100(i)));
-  const tmp = tempStateDir();
-  const journal = loadJournal(tmp.dir);
-  const clock = new ManualClock();
-  const telemetry = new RecordingTelemetry();
-  const actuator = new Actuator(gpu, {
-    journal,
-    clock,
-    telemetry,
+  const f = reconcileFixture({ gpus });
+  const actuator = new Actuator(f.gpu, {
+    journal: f.journal,
+    clock: f.clock,
+    telemetry: f.telemetry,
     backoff: { initialMs: 1000, maxMs: 4000 },
   });
   const run = (desired: DesiredCaps) =>
-    actuator.execute(planPass(observeGpus(gpu), desired, journal.entries()), {
+    actuator.execute(planPass(observeGpus(f.gpu), desired, f.journal.entries()), {
       restoreReason: "unmanaged",
     });
-  return {
-    gpu,
-    tmp,
-    journal,
-    clock,
-    telemetry,
-    actuator,
-    run,
-    [Symbol.dispose]: tmp[Symbol.dispose],
-  };
+  return { ...f, actuator, run };
 }
 
 Deno.test("actuate: every decrease is written before any increase", () => {

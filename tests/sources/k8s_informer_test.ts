@@ -1,43 +1,8 @@
 import assert from "node:assert/strict";
-import type { Clock } from "../../src/clock.ts";
 import { loadKubeClient } from "../../src/sources/kubernetes_client.ts";
 import { type KubePod, PodInformer } from "../../src/sources/kubernetes_informer.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
-import { recordingTelemetry, waitFor } from "./k8s_test_support.ts";
-
-/** A clock whose timers only fire when the test says so; records requested delays. */
-class ManualClock implements Clock {
-  delays: number[] = [];
-  #timers = new Map<number, { fn: () => void; ms: number }>();
-  #next = 1;
-  now(): number {
-    return 1_000_000;
-  }
-  setTimeout(fn: () => void, ms: number): number {
-    const id = this.#next++;
-    this.#timers.set(id, { fn, ms });
-    this.delays.push(ms);
-    return id;
-  }
-  clearTimeout(id: number): void {
-    this.#timers.delete(id);
-  }
-  /** Pending timers' delays. */
-  pending(): number[] {
-    return [...this.#timers.values()].map((t) => t.ms);
-  }
-  /** Fire the pending timer with this delay. */
-  fire(ms: number): void {
-    for (const [id, t] of this.#timers) {
-      if (t.ms === ms) {
-        this.#timers.delete(id);
-        t.fn();
-        return;
-      }
-    }
-    throw new Error(`no pending timer of ${ms} ms (pending: ${this.pending().join(", ")})`);
-  }
-}
+import { ManualClock, recordingTelemetry, waitFor } from "./k8s_test_support.ts";
 
 Deno.test("informer: capped exponential backoff with jitter while LIST fails", async () => {
   const server = await startFakeApiServer();

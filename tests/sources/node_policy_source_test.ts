@@ -56,7 +56,7 @@ Deno.test("node policy source: pods' caps under the policy, the file's budget, r
     assert.equal(source.health().problem, undefined);
     assert.ok(changes >= 1, "a good reload triggers a pass");
 
-    source.report([], { dryRun: false });
+    source.report([]);
     assert.equal(pods.reported.length, 1, "report goes to the pods' source");
   } finally {
     await source.stop();

@@ -131,7 +131,7 @@ Deno.test("dry-run journal never writes, not even a corrupt file aside", async (
   Deno.writeTextFileSync(path, "garbage");
   let journal: ReturnType<typeof loadJournal> | undefined;
   const logs = await captureLogs(() => {
-    journal = loadJournal(tmp.dir, { dryRun: true, now });
+    journal = loadJournal(tmp.dir, { readOnly: true, now });
   });
   assert.equal(logs.filter((l) => l.level === "warning").length, 1);
   assert.equal(Deno.readTextFileSync(path), "garbage");
@@ -150,7 +150,7 @@ Deno.test("readOnly journal (status) never writes or moves a corrupt file", asyn
   await captureLogs(() => {
     journal = loadJournal(tmp.dir, { readOnly: true });
   });
-  assert.equal(journal!.dryRun, true);
+  assert.equal(journal!.readOnly, true);
   journal!.recordBaseline(UUID, 700_000, { name: "a" });
   assert.equal(journal!.save(), false);
   assert.deepEqual([...Deno.readDirSync(tmp.dir)].map((e) => e.name), [JOURNAL_FILE]);
