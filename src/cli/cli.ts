@@ -10,12 +10,18 @@ import { resolveNvmlLibraryPath } from "../nvml/library_path.ts";
 import { NvmlLibraryError } from "../nvml/errors.ts";
 import { CapsFileError } from "../sources/caps_file.ts";
 import { StateDirError } from "../state/state_lock.ts";
+import { type EarlySignals, endEarlySignals } from "./early_signals.ts";
 
 /** Options for {@linkcode runCli}. */
 export interface RunCliOptions {
   /** Environment lookup; default reads only the variables named in the flag table. */
   env?: (name: string) => string | undefined;
   io?: CliIo;
+  /**
+   * Signals recorded since the process started (`main.ts`): `run` handles them; any other
+   * command ends with the code the first one's default action gives (128 + n), before it starts.
+   */
+  earlySignals?: EarlySignals;
 }
 
 function defaultEnv(name: string): string | undefined {
@@ -58,13 +64,22 @@ export async function runCli(
     return EXIT.usage;
   }
   const { command, options: opts } = parsed;
+  if (command !== "run") {
+    const signalled = endEarlySignals(options.earlySignals);
+    if (signalled !== null) return signalled;
+  }
   await configureLogging({ level: opts.logLevel, format: opts.logFormat });
   try {
     // Usage problems of `run` are reported before looking for the driver.
     const run = command === "run" ? await import("./run_command.ts") : undefined;
     run?.selectSource(opts);
     const nvmlLibraryPath = libraryPath(opts.nvmlLibrary);
-    const ctx: CommandContext = { options: opts, io, nvmlLibraryPath };
+    const ctx: CommandContext = {
+      options: opts,
+      io,
+      nvmlLibraryPath,
+      earlySignals: options.earlySignals,
+    };
     switch (command) {
       case "run":
         return await run!.runCommand(ctx);

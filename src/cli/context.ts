@@ -1,5 +1,6 @@
 /** What every subcommand gets from the dispatcher: parsed options and where to print. */
 import type { AgentOptions } from "./flags.ts";
+import type { EarlySignals } from "./early_signals.ts";
 
 /** Output streams of the CLI (injected so tests can capture them). */
 export interface CliIo {
@@ -15,6 +16,8 @@ export interface CommandContext {
   io: CliIo;
   /** Absolute path of libnvidia-ml.so.1 to load. */
   nvmlLibraryPath: string;
+  /** Signals recorded while the CLI loaded (`main.ts`); `run` takes them over. */
+  earlySignals?: EarlySignals;
 }
 
 /** Exit codes of the agent. */

@@ -127,7 +127,7 @@ interface LiveState {
 /** Run `run` until a termination signal (or after one pass with --once). */
 export async function runCommand(ctx: CommandContext): Promise<number> {
   // First thing: a stop or reload during start-up must not kill the agent (see signals.ts).
-  const signals = installRunSignals();
+  const signals = installRunSignals({ early: ctx.earlySignals });
   // Released by the kernel when the process exits, SIGKILL included.
   let lock: StateLock | undefined;
   try {

@@ -7,10 +7,13 @@
  *   ignored (Ctrl-C reaches both the launcher and the agent).
  * - SIGHUP: calls the reload handler once one is set; one that arrives before (during start-up)
  *   is queued and delivered when the handler is set.
+ * - Signals `main.ts` recorded while the CLI loaded (`early_signals.ts`) are taken over as if
+ *   they had arrived now.
  *
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import type { EarlySignals } from "./early_signals.ts";
 
 /** The signals `run` handles. */
 export type StopSignal = "SIGTERM" | "SIGINT";
@@ -27,8 +30,14 @@ export interface RunSignals {
   dispose(): void;
 }
 
+/** Options of {@linkcode installRunSignals}. */
+export interface InstallRunSignalsOptions {
+  /** Listeners `main.ts` installed first thing: replaced, their signals replayed. */
+  early?: EarlySignals;
+}
+
 /** Install SIGTERM/SIGINT/SIGHUP listeners now. */
-export function installRunSignals(): RunSignals {
+export function installRunSignals(options: InstallRunSignalsOptions = {}): RunSignals {
   const log = getLogger(["gpu-power-agent", "run"]);
   const stopped = Promise.withResolvers<StopSignal>();
   let stopSignal: StopSignal | null = null;
@@ -54,6 +63,12 @@ export function installRunSignals(): RunSignals {
   Deno.addSignalListener("SIGTERM", sigterm);
   Deno.addSignalListener("SIGINT", sigint);
   Deno.addSignalListener("SIGHUP", sighup);
+  // Ours are in place: the early listeners can go without a gap; what they caught is replayed.
+  if (options.early) {
+    options.early.dispose();
+    const replay = { SIGTERM: sigterm, SIGINT: sigint, SIGHUP: sighup };
+    for (const signal of options.early.received()) replay[signal]();
+  }
   return {
     stopped: stopped.promise,
     stopSignal: () => stopSignal,

@@ -27,6 +27,8 @@ import {
   PermissionSetError,
   toDenoFlags,
 } from "./permission_set.ts";
+import { forwardSignals } from "./forward_signals.ts";
+import type { EarlySignals } from "../cli/early_signals.ts";
 import { inClusterHostPort, kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
 
 /** Absolute path of the agent entry point. */
@@ -255,10 +257,16 @@ async function kubernetesAccess(
 
 const FORWARDED: readonly Deno.Signal[] = ["SIGTERM", "SIGINT", "SIGHUP"];
 
+/** Options of {@linkcode launch}. */
+export interface LaunchOptions extends PlanLaunchOptions {
+  /** Listeners installed before the launcher loaded (`launch_main.ts`): taken over. */
+  earlySignals?: EarlySignals;
+}
+
 /** Run the launcher: decide, start the agent, forward signals, return its exit code. */
 export async function launch(
   argv: readonly string[],
-  options: PlanLaunchOptions = {},
+  options: LaunchOptions = {},
 ): Promise<number> {
   const decision = await planLaunch(argv, options);
   if (decision.kind === "exit") {
@@ -267,30 +275,22 @@ export async function launch(
     return decision.code;
   }
   const { plan } = decision;
-  const child = new Deno.Command(plan.deno, {
-    args: plan.args,
-    cwd: plan.cwd,
-    env: plan.env,
-    stdin: "inherit",
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn();
-  const listeners = FORWARDED.map((signal) => {
-    const forward = () => {
-      try {
-        child.kill(signal);
-      } catch {
-        // already exited
-      }
-    };
-    Deno.addSignalListener(signal, forward);
-    return { signal, forward };
-  });
+  // Forwarders first: a signal while the child starts is queued, never fatal to the launcher.
+  const forwarder = forwardSignals(FORWARDED, { early: options.earlySignals });
   try {
+    const child = new Deno.Command(plan.deno, {
+      args: plan.args,
+      cwd: plan.cwd,
+      env: plan.env,
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+    forwarder.attach(child);
     const status = await child.status;
     return status.code;
   } finally {
-    for (const { signal, forward } of listeners) Deno.removeSignalListener(signal, forward);
+    forwarder.dispose();
   }
 }
 
