@@ -11,8 +11,8 @@ import { wattsToMw } from "./units.ts";
 import type { CapSource } from "../sources/cap_source.ts";
 import type { GpuControl } from "../nvml/gpu_control.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
-import { type Journal, loadJournal } from "../state/journal.ts";
-import { acquireStateLock, type StateLock } from "../state/state_lock.ts";
+import { type Journal, JournalReadError, loadJournal } from "../state/journal.ts";
+import { acquireStateLock, StateDirError, type StateLock } from "../state/state_lock.ts";
 import { restoreAll } from "../reconcile/restore.ts";
 import { installRunSignals, type RunSignals, STOPPED, unlessStopped } from "./signals.ts";
 import { ReconcileLoop } from "../reconcile/loop.ts";
@@ -150,9 +150,9 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
   const log = getLogger(["gpu-power-agent", "run"]);
   const kind = selectSource(o);
 
-  const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   // Dry run is decided here: a read-only journal makes every pass and restore plan only.
-  const journal = loadJournal(o.stateDir, { readOnly: o.dryRun });
+  const journal = loadRunJournal(o);
+  const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   const live: LiveState = {};
   const prom = o.metricsAddress !== "off" && !o.once
     ? (await import("../metrics/prometheus.ts")).createPrometheusTelemetry({
@@ -252,6 +252,22 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
   });
   log.info("Stopped");
   return code;
+}
+
+/**
+ * The journal `run` starts from, before NVML is opened. One that exists but cannot be read is
+ * configuration, like an invalid caps file: exit 2 at start (restarting cannot help, and starting
+ * empty would lose the baselines it holds).
+ */
+function loadRunJournal(o: AgentOptions): Journal {
+  try {
+    return loadJournal(o.stateDir, { readOnly: o.dryRun });
+  } catch (err) {
+    if (err instanceof JournalReadError) {
+      throw new StateDirError(o.stateDir, err.message, { cause: err });
+    }
+    throw err;
+  }
 }
 
 /** Options of {@linkcode restoreDuringStartup}. */

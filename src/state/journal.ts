@@ -37,13 +37,17 @@ export interface LoadJournalOptions {
   /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
   now?: () => number;
   /**
-   * For `restore`: an unreadable or corrupt file throws a {@linkcode JournalReadError} (and is
-   * left where it is) instead of a warning and an empty journal.
+   * For `restore`: a corrupt file also throws a {@linkcode JournalReadError} (and is left where
+   * it is) instead of a warning and an empty journal (an unreadable one always throws unless
+   * read-only).
    */
   strict?: boolean;
 }
 
-/** The journal file exists but cannot be read or parsed (thrown with `strict` only). */
+/**
+ * The journal file exists but cannot be read (unless read-only), or cannot be parsed (with
+ * `strict` only).
+ */
 export class JournalReadError extends Error {
   override name = "JournalReadError";
 }
@@ -245,8 +249,10 @@ export class Journal {
  * directory is created on first save. The file is read through the bounded reader (regular file,
  * at most 16 MiB). A corrupt file — or one that is not a regular file or is too large — is logged
  * as a warning, moved aside to `journal.json.corrupt-<epoch ms>` (not when read-only) and
- * the journal starts empty; an unreadable file is also a warning and an empty journal. With
- * `strict` (for `restore`) both throw a {@linkcode JournalReadError} instead and nothing moves.
+ * the journal starts empty. A file that exists but cannot be read (permissions, I/O error) throws
+ * a {@linkcode JournalReadError} unless read-only (then a warning and an empty journal): the first
+ * save would overwrite it. With `strict` (for `restore`) a corrupt file throws too and nothing
+ * moves.
  */
 export function loadJournal(stateDir: string, options: LoadJournalOptions = {}): Journal {
   const logger = getLogger(["gpu-power-agent", "journal"]);
@@ -258,7 +264,10 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
     // Bounded: a journal that is a FIFO, a device or huge is refused, never read forever.
     text = readBoundedTextSync(path, { limit: READ_LIMITS.journal, what: "journal" }).text;
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return new Journal(stateDir, new Map(), options);
+    // No file (or a path component that is a file): there is no journal to lose.
+    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
+      return new Journal(stateDir, new Map(), options);
+    }
     if (options.strict) {
       throw new JournalReadError(
         `Cannot read journal ${path}: ${errorText(err)}. Its GPUs cannot be restored until it ` +
@@ -270,6 +279,18 @@ export function loadJournal(stateDir: string, options: LoadJournalOptions = {}):
     // rather than overwritten by the next save.
     if (err instanceof BoundedReadError) {
       refused = err.message;
+    } else if (!options.readOnly) {
+      // A writable journal that exists but cannot be read (permissions, I/O error) would be
+      // overwritten by the first save, and the GPUs' current, possibly capped, limits recorded
+      // as their baselines: the real baselines would be lost for good.
+      throw new JournalReadError(
+        `Cannot read journal ${path}: ${errorText(err)}. The agent does not start without it: ` +
+          `with an empty journal it would take the GPUs' current, possibly capped, limits for ` +
+          `their baselines. Make the file readable and writable by the agent (then start it ` +
+          `again, or run \`gpu-power-agent restore\`), or, if it is lost, move it aside and reset ` +
+          `the GPUs it held with \`nvidia-smi -pl <watts>\``,
+        { cause: err },
+      );
     } else {
       logger.warn(
         "Cannot read journal {path}: {error}. Starting with an empty journal: GPUs changed by a " +

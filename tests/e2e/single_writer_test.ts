@@ -153,3 +153,57 @@ for (const kind of ["FIFO", "/dev/zero"] as const) {
     s.fake.cleanup();
   });
 }
+
+/**
+ * `run` with a journal that exists but cannot be read. Tests run as root, which bypasses file
+ * permissions, so `chmod 000` cannot make one: the journal is made unreadable in two ways that
+ * work as root — a symlink to a journal outside the state directory, which the permission-scoped
+ * agent (`deno task agent`) is not allowed to read (NotCapable, the sandbox's EACCES), and a
+ * symlink loop (ELOOP from the kernel) for the unscoped agent. Either way `run` must exit 2 at
+ * start, naming the file and what to do, and touch neither a GPU nor the file: starting with an
+ * empty journal would record GPU 0's current 250 W as its baseline and lose the 700 W it holds.
+ */
+for (const kind of ["outside the permission set", "a symlink loop"] as const) {
+  Deno.test(`run with a journal it cannot read (${kind}) exits 2 at start and touches nothing`, async () => {
+    const s = await setupFileAgent("version: 1\ngpus:\n  - index: 1\n    watts: 300\n", [
+      250000,
+      600000,
+    ]);
+    await Deno.mkdir(s.stateDir);
+    const journal = `${s.stateDir}/journal.json`;
+    // Not under the caps file's directory either (the scoped agent may read that one).
+    const outside = await Deno.makeTempDir({ prefix: "gpa-journal-elsewhere-" });
+    const elsewhere = `${outside}/journal.json`;
+    const held = JSON.stringify({
+      version: 1,
+      gpus: {
+        "GPU-00000000-0000-0000-0000-000000000000": {
+          baselineMw: 700000,
+          appliedMw: 250000,
+          name: "NVIDIA H100 80GB HBM3",
+          updatedAt: "2026-01-01T00:00:00.000Z",
+        },
+      },
+    });
+    await Deno.writeTextFile(elsewhere, held);
+    await Deno.symlink(kind === "a symlink loop" ? journal : elsewhere, journal);
+    const agent = spawnAgent(
+      ["run", "--caps-file", s.capsPath, "--metrics-address", "off", ...s.common],
+      { env: s.env, unscoped: kind === "a symlink loop" },
+    );
+    try {
+      const code = await exitWithin(agent, 20_000);
+      assert.equal(code, 2, agent.output());
+      assert.match(agent.output(), new RegExp(`Cannot read journal ${journal}: `));
+      assert.match(agent.output(), /does not start without it/);
+      assert.match(agent.output(), /gpu-power-agent restore/);
+      assert.equal(s.fake.readLog().length, 0, "no GPU touched");
+      assert.deepEqual(fakeLimits(s), [250000, 600000]);
+      assert.equal(Deno.lstatSync(journal).isSymlink, true, "the journal was not replaced");
+      assert.equal(await Deno.readTextFile(elsewhere), held);
+    } finally {
+      await Deno.remove(outside, { recursive: true });
+      s.fake.cleanup();
+    }
+  });
+}

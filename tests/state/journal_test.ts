@@ -212,3 +212,18 @@ Deno.test("strict (restore): an unreadable journal (FIFO, device) throws at once
   assert.ok(Deno.lstatSync(`${path}.corrupt-${NOW}`).isFifo);
   assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
 });
+
+Deno.test("an unreadable journal (symlink loop) throws unless read-only: the first save would overwrite it", () => {
+  using tmp = tempStateDir();
+  Deno.mkdirSync(tmp.dir);
+  const path = `${tmp.dir}/${JOURNAL_FILE}`;
+  Deno.symlinkSync(path, path); // ELOOP: as root, chmod 000 would not make it unreadable
+  assert.throws(
+    () => loadJournal(tmp.dir),
+    (e: unknown) =>
+      e instanceof JournalReadError && e.message.startsWith(`Cannot read journal ${path}: `) &&
+      e.message.includes("nvidia-smi -pl"),
+  );
+  assert.equal(loadJournal(tmp.dir, { readOnly: true }).size, 0);
+  assert.equal(Deno.lstatSync(path).isSymlink, true, "left in place");
+});
