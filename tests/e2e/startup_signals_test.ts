@@ -1,8 +1,8 @@
 /**
- * End to end, signals during start-up (issue 9, item 3): the Kubernetes source waits for its
- * first LIST (made to hang here) while the journal holds a GPU a crashed predecessor capped.
- * SIGHUP then is queued (the agent keeps starting); SIGTERM restores the journal's GPU and
- * exits 0.
+ * End to end, signals during start-up (issue 9, item 3): the journal holds a GPU a crashed
+ * predecessor capped. While the Kubernetes source waits for its first LIST (made to hang here)
+ * SIGHUP is queued (the agent keeps starting) and SIGTERM restores the journal's GPU and exits 0;
+ * so does a SIGTERM right after the process is spawned, while its modules still load.
  */
 import assert from "node:assert/strict";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
@@ -172,10 +172,10 @@ function capturedJournal(): string {
   });
 }
 
-Deno.test("SIGTERM right after `deno task agent run` is spawned, 5 times: exit 0, the journal's GPU restored", async () => {
+Deno.test("SIGTERM right after spawn through the launcher (deno task agent run), 5 times: exit 0, the journal's GPU restored", async () => {
   await sigtermRightAfterSpawn(false);
 });
 
-Deno.test("SIGTERM right after `deno run main.ts run` is spawned, 5 times: exit 0, the journal's GPU restored", async () => {
+Deno.test("SIGTERM right after spawn without the launcher (deno run main.ts run), 5 times: exit 0, the journal's GPU restored", async () => {
   await sigtermRightAfterSpawn(true);
 });
