@@ -28,20 +28,7 @@ Deno.test("start-up, first LIST hanging: SIGHUP is queued, SIGTERM restores the 
   });
   const stateDir = `${fake.dir}/state`;
   await Deno.mkdir(stateDir);
-  await Deno.writeTextFile(
-    `${stateDir}/journal.json`,
-    JSON.stringify({
-      version: 1,
-      gpus: {
-        [GPU0]: {
-          baselineMw: 700000,
-          appliedMw: 250000,
-          name: "NVIDIA H100 80GB HBM3",
-          updatedAt: "2026-01-01T00:00:00.000Z",
-        },
-      },
-    }),
-  );
+  await Deno.writeTextFile(`${stateDir}/journal.json`, capturedJournal());
   const api = await startFakeApiServer({ defaultNodeName: "gpu-node-1" });
   api.setFaults({ list: "hang" });
   const kubeconfig = await api.writeKubeconfig(fake.dir);
@@ -158,6 +145,7 @@ async function sigtermRightAfterSpawn(unscoped: boolean): Promise<void> {
   }
 }
 
+/** A journal holding GPU 0, capped to 250 W by a crashed predecessor, 700 W before. */
 function capturedJournal(): string {
   return JSON.stringify({
     version: 1,
