@@ -83,10 +83,12 @@ Deno.test("worked example: 8 × 700 W, min 200 W, budget 4000 W → 500 W each; 
       "version: 1\ndefault: {watts: 700}\nbudget: {watts: 4000}\ngpus:\n" +
         [0, 1, 2, 3].map((i) => `  - {index: ${i}, watts: 300}\n`).join(""),
     );
+    // The fake writes its state file before it appends to the set log: wait for both.
     await waitFor(
       () =>
         limits(s.fake).join() ===
-          [300, 300, 300, 300, 700, 700, 700, 700].map((w) => w * 1000).join(),
+          [300, 300, 300, 300, 700, 700, 700, 700].map((w) => w * 1000).join() &&
+        s.fake.readLog().length >= 8,
       "reallocated",
     );
     assert.equal(s.fake.readLog().length, 8);
