@@ -28,6 +28,7 @@ import {
   toDenoFlags,
 } from "./permission_set.ts";
 import { kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
+import { AGENT_RUNTIME_FLAGS, agentMallocEnv } from "./runtime.ts";
 
 /** Absolute path of the agent entry point. */
 export const MAIN_MODULE = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -62,11 +63,17 @@ export interface LaunchPlan {
   permissions: PermissionSet;
   /** Executable to spawn (Deno). */
   deno: string;
-  /** Its arguments: `run --no-prompt --config … <permission flags> <main.ts> <agent args>`. */
+  /**
+   * Its arguments: `run --no-prompt <runtime flags> --config … <permission flags> <main.ts>
+   * <agent args>` (runtime flags: `runtime.ts`).
+   */
   args: string[];
   /** Working directory of the child. */
   cwd: string;
-  /** Variables set for the child on top of the inherited environment. */
+  /**
+   * Variables set for the child on top of the inherited environment (paths made absolute, the
+   * NVML library found, the malloc settings of `runtime.ts` unless already set).
+   */
   env: Record<string, string>;
 }
 
@@ -176,6 +183,7 @@ export async function planLaunch(
         args: [
           "run",
           "--no-prompt",
+          ...AGENT_RUNTIME_FLAGS,
           "--config",
           options.config ?? DENO_CONFIG,
           ...toDenoFlags(permissions),
@@ -183,7 +191,7 @@ export async function planLaunch(
           ...absolutizeArgs(argv, cwd),
         ],
         cwd,
-        env: childEnv,
+        env: { ...agentMallocEnv(env), ...childEnv },
       },
     };
   } catch (error) {

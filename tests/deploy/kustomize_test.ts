@@ -7,6 +7,7 @@ import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
 import { containerCommand, KUBELET_API_SERVER } from "../../src/permissions/manifests.ts";
+import { AGENT_MALLOC_ENV } from "../../src/permissions/runtime.ts";
 import { CONTAINER_LAYOUT } from "../../src/permissions/layouts.ts";
 
 const KUBE_DIR = fileURLToPath(new URL("../../deploy/kubernetes/", import.meta.url));
@@ -82,6 +83,9 @@ function checkDaemonSet(objects: Obj[], name: string): void {
   equal(spec.runtimeClassName, "nvidia", name);
   equal(spec.hostPID, true, `${name}: NVML reports only PIDs of the caller's PID namespace`);
   equal(env.NVIDIA_VISIBLE_DEVICES, "all");
+  for (const [variable, value] of Object.entries(AGENT_MALLOC_ENV)) {
+    equal(env[variable], value, `${name}: ${variable} of src/permissions/runtime.ts`);
+  }
   equal(env.NVIDIA_DRIVER_CAPABILITIES, "utility");
   equal(env.NODE_NAME, "spec.nodeName");
   equal(env.POD_NAMESPACE, "metadata.namespace");
