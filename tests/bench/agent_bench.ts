@@ -4,7 +4,8 @@
  * server, fake proc root):
  * - startup: spawn → every GPU at its cap;
  * - reaction: desired change (caps-file write / pod annotation) → limit set (fake NVML log
- *   timestamps), p50/p99, and the agent's utime+stime over those changes ÷ their number;
+ *   timestamps), p50/p99, and the agent's utime+stime over those changes ÷ the GPU limit changes
+ *   they caused (an edit of the caps file's default changes all 8 GPUs, an annotation one);
  * - sustained load: file mode 2 caps edits/s, Kubernetes mode ≥ 20 pod events/s (annotation
  *   changes on the GPU pods and pods coming and going on the node) for `--sustain-seconds`
  *   (default 600); VmHWM at the end, VmRSS `--after-seconds` (default 60) after the load stops;
@@ -178,6 +179,7 @@ async function measure(
 
   const reactions: number[] = [];
   const cpu0 = cpuMs(pid);
+  const sets0 = setLines().length;
   for (let i = 1; i <= options.changes; i++) {
     const before = setLines().length;
     const t0 = Date.now();
@@ -187,7 +189,8 @@ async function measure(
     reactions.push(Math.max(...stamps) - t0);
     await sleep(20);
   }
-  const cpuPerChange = (cpuMs(pid) - cpu0) / options.changes;
+  // Per GPU limit change (a caps-file edit changes all 8 GPUs, an annotation one).
+  const cpuPerChange = (cpuMs(pid) - cpu0) / (setLines().length - sets0);
 
   options.log(`sustained load: ${options.perSecond}/s for ${options.sustainSeconds} s`);
   const events = await paced(options.sustainSeconds, options.perSecond, options.load);
