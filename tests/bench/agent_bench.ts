@@ -202,6 +202,27 @@ async function measure(
   return { startupMs, rssStart, reactions, cpuPerChange, hwm, rssAfter };
 }
 
+/** A mode's result from what {@linkcode measure} found and the mode's own figures. */
+function result(
+  mode: BenchResult["mode"],
+  m: Measured,
+  own: Pick<BenchResult, "list_requests" | "watch_requests" | "api_recovery_ms_p99">,
+): BenchResult {
+  return {
+    mode,
+    reaction_ms_p50: percentile(m.reactions, 50),
+    reaction_ms_p99: percentile(m.reactions, 99),
+    vmrss_mib_start: m.rssStart,
+    vmhwm_mib_sustained: m.hwm,
+    vmrss_mib_after_load: m.rssAfter,
+    cpu_ms_per_change: round1(m.cpuPerChange),
+    list_requests: own.list_requests,
+    watch_requests: own.watch_requests,
+    startup_ms: m.startupMs,
+    api_recovery_ms_p99: own.api_recovery_ms_p99,
+  };
+}
+
 function metricsAddress(): string {
   return `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`;
 }
@@ -237,19 +258,11 @@ async function fileMode(options: BenchOptions): Promise<BenchResult> {
       },
       load: (n) => write(200 + (n % 200)),
     });
-    return {
-      mode: "file",
-      reaction_ms_p50: percentile(m.reactions, 50),
-      reaction_ms_p99: percentile(m.reactions, 99),
-      vmrss_mib_start: m.rssStart,
-      vmhwm_mib_sustained: m.hwm,
-      vmrss_mib_after_load: m.rssAfter,
-      cpu_ms_per_change: round1(m.cpuPerChange),
+    return result("file", m, {
       list_requests: null,
       watch_requests: null,
-      startup_ms: m.startupMs,
       api_recovery_ms_p99: null,
-    };
+    });
   } finally {
     agent.kill("SIGTERM");
     await agent.status();
@@ -334,19 +347,11 @@ async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
       },
       load: podChurn(api),
     });
-    return {
-      mode: "kubernetes",
-      reaction_ms_p50: percentile(m.reactions, 50),
-      reaction_ms_p99: percentile(m.reactions, 99),
-      vmrss_mib_start: m.rssStart,
-      vmhwm_mib_sustained: m.hwm,
-      vmrss_mib_after_load: m.rssAfter,
-      cpu_ms_per_change: round1(m.cpuPerChange),
+    return result("kubernetes", m, {
       list_requests: api.counters.lists,
       watch_requests: api.counters.watches,
-      startup_ms: m.startupMs,
       api_recovery_ms_p99: await apiRecoveryP99(options),
-    };
+    });
   } finally {
     agent.kill("SIGTERM");
     await agent.status();
