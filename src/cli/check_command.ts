@@ -1,13 +1,20 @@
-/** `check`: validate a caps file and print the caps it would apply to this host's GPUs. */
+/**
+ * `check`: validate a caps file and print the plan it gives on this host's GPUs — the same plan
+ * (and the same text) `run --dry-run` prints and `run` carries out. Changes nothing.
+ *
+ * @module
+ */
 import type { CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
 import { UsageError } from "./flags.ts";
-import { formatWatts } from "./units.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
 import { resolveFileCaps } from "../policy/file_rules.ts";
-import { clampMw } from "../policy/clamp.ts";
+import { planPass } from "../policy/plan.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
-import type { GpuView } from "../sources/cap_source.ts";
+import { gpuViews } from "../sources/cap_source.ts";
+import { observeGpus } from "../reconcile/observe.ts";
+import { describePlan } from "../reconcile/report.ts";
+import { loadJournal } from "../state/journal.ts";
 
 /** Run `check`. Invalid file: exit 2 (thrown CapsFileError). */
 export async function checkCommand(ctx: CommandContext): Promise<number> {
@@ -17,40 +24,17 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
   ctx.io.out(`${path}: valid`);
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
   try {
-    const views: (GpuView & { limitMw: number })[] = [];
-    let failed = false;
-    for (const g of gpu.listGpus()) {
-      try {
-        const l = gpu.readLimits(g.index);
-        views.push({
-          ...g,
-          defaultMw: l.defaultMw,
-          minMw: l.minMw,
-          maxMw: l.maxMw,
-          limitMw: l.limitMw,
-        });
-      } catch (err) {
-        failed = true;
-        ctx.io.out(`GPU ${g.index} (${g.uuid}): cannot read limits: ${(err as Error).message}`);
-      }
-    }
-    const desired = resolveFileCaps(spec, views);
-    for (const v of views) {
-      const want = desired.get(v.uuid);
-      const head = `GPU ${v.index} (${v.uuid}, ${v.name}): now ${formatWatts(v.limitMw)} W`;
-      if (!want) {
-        ctx.io.out(`${head} → unmanaged (no rule matches)`);
-        continue;
-      }
-      const c = clampMw(want.mw, v);
-      const clamp = c.direction === "none"
-        ? ""
-        : `, clamped ${c.direction} from ${formatWatts(want.mw)} W to the GPU's ${
-          formatWatts(v.minMw)
-        }-${formatWatts(v.maxMw)} W`;
-      const change = c.mw === v.limitMw ? "already in place" : "would set";
-      ctx.io.out(`${head} → ${formatWatts(c.mw)} W (${want.reason}${clamp}; ${change})`);
-    }
+    const observation = observeGpus(gpu);
+    const journal = loadJournal(ctx.options.stateDir, { readOnly: true });
+    const plan = planPass(
+      observation,
+      resolveFileCaps(spec, gpuViews(observation)),
+      journal.entries(),
+      { restoreTo: ctx.options.restoreTo },
+    );
+    for (const line of describePlan(plan)) ctx.io.out(line);
+    const failed = plan.error !== undefined ||
+      plan.gpus.some((g) => g.intent === "unreadable" || g.intent === "error");
     return failed ? EXIT.failure : EXIT.ok;
   } finally {
     gpu.close();

@@ -3,6 +3,11 @@
  * `deno task agent` launcher and the permission sets are all derived from it.
  */
 import { parseArgs } from "node:util";
+import { DEFAULT_POD_RESOURCES_SOCKET } from "../sources/pod_resources.ts";
+import {
+  DEFAULT_GPU_RESOURCE_NAMES,
+  parseGpuResourceNames,
+} from "../sources/pod_resources_devices.ts";
 
 /** Subcommands of the agent. */
 export type Command = "run" | "status" | "check" | "restore";
@@ -26,6 +31,8 @@ export interface FlagSpec {
   commands?: readonly Command[];
   /** Environment variables read when the flag is absent, first found wins. */
   env: readonly string[];
+  /** Extra check of a string value; throws an `Error` whose message says what is wrong. */
+  validate?: (value: string) => void;
 }
 
 const KUBE: readonly Command[] = ["run"];
@@ -107,7 +114,7 @@ export const FLAGS: readonly FlagSpec[] = [
     type: "boolean",
     default: false,
     commands: ["run"],
-    help: "Log what would change; never touch a GPU or the journal",
+    help: "Print the plan (as `check` does); never touch a GPU, the journal or post an Event",
   }),
   flag({
     name: "restore-to",
@@ -133,6 +140,14 @@ export const FLAGS: readonly FlagSpec[] = [
     default: 60,
     commands: ["run"],
     help: "Readiness fails when the caps source has not synced for this long",
+  }),
+  flag({
+    name: "enforce-grace",
+    type: "number",
+    arg: "SECONDS",
+    default: 60,
+    commands: ["run"],
+    help: "Readiness fails when a wanted power limit has not been in place for this long",
   }),
   flag({
     name: "kubeconfig",
@@ -209,6 +224,36 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "Where the host's /proc is mounted (maps GPU processes to pods)",
   }),
   flag({
+    name: "pod-gpu-mapping",
+    type: "string",
+    arg: "MAPPING",
+    default: "auto",
+    choices: ["auto", "pod-resources", "processes"],
+    commands: KUBE,
+    help: "How pods map to GPUs: kubelet allocations, GPU processes, or both when the socket " +
+      "is readable (auto)",
+  }),
+  flag({
+    name: "pod-resources-socket",
+    type: "string",
+    arg: "PATH",
+    default: DEFAULT_POD_RESOURCES_SOCKET,
+    commands: KUBE,
+    help: "The kubelet's PodResources socket (pod-resources and auto mapping)",
+    validate: (value) => {
+      if (!value.startsWith("/")) throw new Error(`expected an absolute path, got "${value}"`);
+    },
+  }),
+  flag({
+    name: "gpu-resource-names",
+    type: "string",
+    arg: "A,B",
+    default: DEFAULT_GPU_RESOURCE_NAMES.join(","),
+    commands: KUBE,
+    help: "Resources whose allocated devices are GPUs (a trailing * matches any suffix)",
+    validate: (value) => void parseGpuResourceNames(value),
+  }),
+  flag({
     name: "json",
     type: "boolean",
     default: false,
@@ -231,6 +276,7 @@ export interface AgentOptions {
   restoreTo: "baseline" | "default";
   metricsAddress: string;
   staleAfter: number;
+  enforceGrace: number;
   kubeconfig?: string;
   nodeName?: string;
   namespace?: string;
@@ -241,6 +287,9 @@ export interface AgentOptions {
   maxWatts?: number;
   events: boolean;
   procRoot: string;
+  podGpuMapping: "auto" | "pod-resources" | "processes";
+  podResourcesSocket: string;
+  gpuResourceNames: string;
   json: boolean;
 }
 
@@ -294,6 +343,11 @@ function convert(spec: FlagSpec, raw: string | boolean, from: string): string | 
     throw new UsageError(`${from}: expected one of ${spec.choices.join(", ")}, got "${text}"`);
   }
   if (text === "") throw new UsageError(`${from}: value must not be empty`);
+  try {
+    spec.validate?.(text);
+  } catch (error) {
+    throw new UsageError(`${from}: ${(error as Error).message}`);
+  }
   return text;
 }
 

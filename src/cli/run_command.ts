@@ -9,13 +9,12 @@ import type { AgentOptions } from "./flags.ts";
 import { UsageError } from "./flags.ts";
 import { wattsToMw } from "./units.ts";
 import type { CapSource } from "../sources/cap_source.ts";
-import type { GpuControl } from "../nvml/gpu_control.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
 import { loadJournal } from "../state/journal.ts";
 import { ReconcileLoop } from "../reconcile/loop.ts";
 import { collectGpuStatus } from "../reconcile/gpu_status.ts";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
-import { systemClock } from "../reconcile/clock.ts";
+import { systemClock } from "../clock.ts";
 import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
 
@@ -63,6 +62,7 @@ export function selectSource(options: AgentOptions): "file" | "kubernetes" {
     }
   }
   if (options.interval <= 0) throw new UsageError("--interval must be > 0 seconds");
+  if (!(options.enforceGrace >= 0)) throw new UsageError("--enforce-grace must be >= 0 seconds");
   return source;
 }
 
@@ -71,7 +71,6 @@ type SourceWithReload = CapSource & { reload?: () => void | Promise<void> };
 
 async function createSource(
   kind: "file" | "kubernetes",
-  gpu: GpuControl,
   opts: { options: AgentOptions; telemetry: Telemetry },
 ): Promise<SourceWithReload> {
   const o = opts.options;
@@ -82,7 +81,6 @@ async function createSource(
   // Loaded only in Kubernetes mode: the client library is large.
   const { createKubernetesCapSource } = await import("../sources/kubernetes.ts");
   return await createKubernetesCapSource({
-    gpu,
     nodeName: o.nodeName!,
     namespace: o.namespace,
     annotation: o.annotation,
@@ -124,14 +122,20 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
         denoVersion: Deno.version.deno,
         driverVersion: gpu.driverVersion(),
       },
-      statuses: () => collectGpuStatus(gpu, { journal, desired: live.loop?.lastDesired }),
+      statuses: () =>
+        collectGpuStatus(gpu, {
+          journal,
+          desired: live.loop?.lastDesired,
+          enforced: (uuid) => live.loop?.outcomeOf(uuid)?.enforced ?? null,
+          unsupported: (uuid) => live.loop?.isUnsupported(uuid) ?? false,
+        }),
       staleness: () =>
         live.source ? sourceStalenessSeconds(live.source.health(), Date.now()) : null,
     })
     : undefined;
   const telemetry: Telemetry = prom ?? noopTelemetry;
 
-  const source = await createSource(kind, gpu, { options: o, telemetry });
+  const source = await createSource(kind, { options: o, telemetry });
   live.source = source;
   await source.start(() => live.loop?.trigger());
   log.info("Caps source {source} ready; {count} GPU(s) on driver {driver}", {
@@ -147,6 +151,11 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     intervalMs: o.interval * 1000,
     restoreTo: o.restoreTo,
     dryRun: o.dryRun,
+    // The dry-run plan goes to stdout: the same text `check` prints.
+    printPlan: (lines) => {
+      ctx.io.out(`dry run: plan at ${new Date().toISOString()} (nothing is changed):`);
+      for (const line of lines) ctx.io.out(`  ${line}`);
+    },
   });
   live.loop = loop;
 
@@ -154,6 +163,9 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     try {
       return loop.runOnce().ok ? EXIT.ok : EXIT.failure;
     } finally {
+      // Events about this pass's outcomes are sent before the source stops.
+      const flush = (source as { flushEvents?: () => Promise<void> }).flushEvents;
+      if (flush) await bounded(flush.call(source), SHUTDOWN_STEP_MS);
       await source.stop();
       gpu.close();
     }
@@ -165,10 +177,11 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
       contentType: prom.contentType,
       ready: () =>
         readiness({
-          lastSuccessMs: loop.lastSuccessMs,
           health: source.health(),
+          enforcement: loop.enforcement(),
           nowMs: Date.now(),
           staleAfterMs: o.staleAfter * 1000,
+          enforceGraceMs: o.enforceGrace * 1000,
         }),
     })
     : null;

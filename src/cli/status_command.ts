@@ -1,10 +1,12 @@
 /** `status`: one row per GPU (index, uuid, name, draw, limit, enforced, default, min–max, managed). */
 import type { CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
-import { formatWatts } from "./units.ts";
+import { formatWatts as watts } from "../reconcile/report.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
 import { loadJournal } from "../state/journal.ts";
 import { collectGpuStatus, type GpuStatus } from "../reconcile/gpu_status.ts";
+
+const formatWatts = (mw: number | null | undefined) => watts(mw, { unit: false });
 
 /** Render statuses as an aligned text table. */
 export function formatStatusTable(statuses: readonly GpuStatus[]): string {
@@ -27,8 +29,12 @@ export function formatStatusTable(statuses: readonly GpuStatus[]): string {
     s.error ? "error" : formatWatts(s.limitMw),
     formatWatts(s.enforcedMw),
     formatWatts(s.defaultMw),
-    s.error ? "-" : `${formatWatts(s.minMw)}-${formatWatts(s.maxMw)}`,
-    s.managed ? `yes (baseline ${formatWatts(s.baselineMw)} W)` : "no",
+    s.error || !s.supported ? "-" : `${formatWatts(s.minMw)}-${formatWatts(s.maxMw)}`,
+    !s.supported
+      ? "unsupported"
+      : s.managed
+      ? `yes (baseline ${formatWatts(s.baselineMw)} W)`
+      : "no",
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
@@ -74,6 +80,9 @@ export function statusToJson(s: GpuStatus): Record<string, unknown> {
     maxPowerLimitWatts: w(s.maxMw),
     energyJoules: s.energyMj === null || s.energyMj === undefined ? null : s.energyMj / 1000,
     managed: s.managed,
+    powerLimitSupported: s.supported,
+    ...(s.supported ? {} : { unsupported: true }),
+    enforced: s.enforced,
     baselineWatts: w(s.baselineMw),
     desiredWatts: w(s.desiredMw),
     ...(s.error ? { error: s.error } : {}),

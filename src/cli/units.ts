@@ -1,10 +1,7 @@
-/** Conversions at the edges: milliwatts inside, watts in files, annotations, metrics and output. */
-
-/** 250000 → "250", 250500 → "250.5"; null → "-". */
-export function formatWatts(mw: number | null | undefined): string {
-  if (mw === null || mw === undefined) return "-";
-  return String(Math.round(mw) / 1000);
-}
+/**
+ * Conversions at the edges: milliwatts inside, watts in files, annotations, metrics and output.
+ * Watts are formatted by `formatWatts` in src/reconcile/report.ts (the one watts formatter).
+ */
 
 /** Watts (possibly fractional) → integer milliwatts. */
 export function wattsToMw(watts: number): number {

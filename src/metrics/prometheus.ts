@@ -15,7 +15,7 @@ import HistogramClass from "prom-client/lib/histogram.js";
 import type { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { getLogger } from "@logtape/logtape";
 import type { GpuStatus } from "../reconcile/gpu_status.ts";
-import type { CapChange, Telemetry } from "./telemetry.ts";
+import type { BudgetInfo, CapChange, Telemetry } from "./telemetry.ts";
 
 const Registry_: typeof Registry = RegistryClass;
 const Counter_: typeof Counter = CounterClass;
@@ -82,6 +82,8 @@ export type GpuStatusLike = Pick<
   | "managed"
   | "baselineMw"
   | "desiredMw"
+  | "supported"
+  | "enforced"
   | "error"
 >;
 
@@ -173,10 +175,15 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #reactionLatency: Histogram;
   #lastSuccess: Gauge;
   #staleness: Gauge;
+  #budget: Gauge;
+  #allocated: Gauge;
+  #overBudget: Gauge;
   #wattGauges: [WattField, Gauge<GpuLabel>][];
   #energy: Counter<GpuLabel>;
   #managed: Gauge<GpuLabel>;
   #readError: Gauge<GpuLabel>;
+  #enforced: Gauge<GpuLabel>;
+  #supported: Gauge<GpuLabel>;
 
   constructor(options: PrometheusTelemetryOptions) {
     this.#options = options;
@@ -209,7 +216,18 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     );
     this.#managed = gauge(
       "gpu_managed",
-      "1 when the agent currently manages the GPU's power limit, else 0.",
+      "1 when the agent has changed the GPU's power limit (verified) and not restored it, else 0.",
+      GPU_LABELS,
+    );
+    this.#enforced = gauge(
+      "gpu_enforced",
+      "1 when the GPU holds the power limit the agent wants on it, 0 when it does not; " +
+        "absent while unknown (desired caps unknown).",
+      GPU_LABELS,
+    );
+    this.#supported = gauge(
+      "gpu_power_limit_supported",
+      "0 when the GPU does not support software power limits (NVML NOT_SUPPORTED), else 1.",
       GPU_LABELS,
     );
     this.#readError = gauge(
@@ -292,6 +310,24 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       [],
     );
     this.#staleness.remove({});
+    // Node power budget: absent until a pass reports one, removed again when it goes away.
+    this.#budget = gauge(
+      "node_power_budget_watts",
+      "Node power budget in force (smaller of caps file budget and node annotation).",
+      [],
+    );
+    this.#allocated = gauge(
+      "node_power_allocated_watts",
+      "Power limits of all GPUs counted against the node power budget (capped GPUs at their " +
+        "cap, others at their enforced limit).",
+      [],
+    );
+    this.#overBudget = gauge(
+      "node_power_over_budget",
+      "1 when even every capped GPU at its minimum does not fit the node power budget, else 0.",
+      [],
+    );
+    for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
 
     new Gauge_({
       name: "process_resident_memory_bytes",
@@ -370,6 +406,8 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     this.#energy.reset();
     this.#managed.reset();
     this.#readError.reset();
+    this.#enforced.reset();
+    this.#supported.reset();
     if (!this.#options.statuses) return;
     let statuses: GpuStatusLike[];
     try {
@@ -385,6 +423,10 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       const labels = { gpu: String(status.index), uuid: status.uuid, name: status.name };
       this.#managed.set(labels, status.managed ? 1 : 0);
       this.#readError.set(labels, status.error === undefined ? 0 : 1);
+      this.#supported.set(labels, status.supported === false ? 0 : 1);
+      if (status.enforced !== null && status.enforced !== undefined) {
+        this.#enforced.set(labels, status.enforced ? 1 : 0);
+      }
       for (const [field, gauge] of this.#wattGauges) {
         const mw = status[field];
         if (typeof mw === "number" && Number.isFinite(mw)) gauge.set(labels, mw / 1000);
@@ -489,6 +531,20 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   reactionLatency(seconds: number): void {
     this.#safely("reactionLatency", () => {
       if (Number.isFinite(seconds) && seconds >= 0) this.#reactionLatency.observe(seconds);
+    });
+  }
+
+  budgetAllocated(info: BudgetInfo): void {
+    this.#safely("budgetAllocated", () => {
+      const { budgetMw, allocatedMw } = info;
+      if (typeof budgetMw !== "number" || !Number.isFinite(budgetMw)) {
+        for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
+        return;
+      }
+      this.#budget.set(budgetMw / 1000);
+      if (Number.isFinite(allocatedMw)) this.#allocated.set(allocatedMw / 1000);
+      else this.#allocated.remove({});
+      this.#overBudget.set(info.overBudget ? 1 : 0);
     });
   }
 }

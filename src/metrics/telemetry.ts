@@ -21,6 +21,16 @@ export interface CapChange {
 /** Why a GPU was restored to its baseline. */
 export type RestoreReason = "unmanaged" | "shutdown" | "startup" | "command";
 
+/** The node power budget after a pass (see `src/policy/budget.ts`). */
+export interface BudgetInfo {
+  /** The budget in force, milliwatts; null: no budget (the budget series are removed). */
+  budgetMw: number | null;
+  /** Σ of what every GPU counts against the budget, milliwatts. */
+  allocatedMw: number;
+  /** Even every capped GPU at its min does not fit the budget. */
+  overBudget: boolean;
+}
+
 /** Sink for agent events. Every method must be cheap and must never throw. */
 export interface Telemetry {
   capChanged(change: CapChange): void;
@@ -33,6 +43,8 @@ export interface Telemetry {
   reconcileCompleted(info: { durationSeconds: number; ok: boolean; atMs: number }): void;
   /** Seconds from a desired change being observed to the cap being set. */
   reactionLatency(seconds: number): void;
+  /** The node power budget and what the pass allocated under it. */
+  budgetAllocated(info: BudgetInfo): void;
 }
 
 /** Telemetry that records nothing. */
@@ -46,4 +58,5 @@ export const noopTelemetry: Telemetry = Object.freeze({
   configReload() {},
   reconcileCompleted() {},
   reactionLatency() {},
+  budgetAllocated() {},
 });

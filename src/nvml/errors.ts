@@ -129,3 +129,14 @@ export class NvmlLibraryError extends Error {
     if (options.path !== undefined) this.path = options.path;
   }
 }
+
+/** True when `err` is an {@linkcode NvmlError} with code NOT_SUPPORTED (e.g. no software power limits). */
+export function isNotSupported(err: unknown): boolean {
+  return err instanceof NvmlError && err.code === NvmlReturn.NOT_SUPPORTED;
+}
+
+/** `NVML NO_PERMISSION (run as root or with CAP_SYS_ADMIN)` for an NvmlError, else its message. */
+export function describeNvmlError(err: unknown): string {
+  if (err instanceof NvmlError) return `NVML ${err.codeName}${err.hint ? ` (${err.hint})` : ""}`;
+  return err instanceof Error ? err.message : String(err);
+}

@@ -54,6 +54,11 @@ export interface GpuControl {
   setLimit(index: number, mw: number): void;
   /** PIDs of compute processes on this GPU, MIG instances rolled up, deduplicated. */
   computePids(index: number): number[];
+  /**
+   * UUIDs of the GPU's MIG devices (`MIG-…`), in slot order; empty when MIG is off, unsupported,
+   * or the library lacks the MIG functions. Maps a kubelet-allocated MIG device to its GPU.
+   */
+  migDeviceUuids(index: number): string[];
   /** Release the library (nvmlShutdown). Idempotent. */
   close(): void;
 }

@@ -264,6 +264,14 @@ export class NvmlGpuControl implements GpuControl {
     return [...pids].sort((a, b) => a - b);
   }
 
+  migDeviceUuids(index: number): string[] {
+    const handle = this.#handleOf(index);
+    const label = this.#labelOf(handle, index);
+    return this.#migHandles(handle, index).map((mig) =>
+      this.#string("nvmlDeviceGetUUID", mig, label, NVML_STRING_BUFFER.uuid)
+    );
+  }
+
   close(): void {
     const library = this.#library;
     if (library === null) return;

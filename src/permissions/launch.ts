@@ -27,7 +27,7 @@ import {
   PermissionSetError,
   toDenoFlags,
 } from "./permission_set.ts";
-import { kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
+import { inClusterHostPort, kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
 import { AGENT_RUNTIME_FLAGS, agentMallocEnv } from "./runtime.ts";
 
 /** Absolute path of the agent entry point. */
@@ -231,10 +231,14 @@ async function kubernetesAccess(
   childEnv: Record<string, string>,
 ): Promise<Partial<AgentPermissionOptions>> {
   const apiServer: string[] = [];
-  const access: Partial<AgentPermissionOptions> = { procRoot: opts.procRoot, apiServer };
+  const access: Partial<AgentPermissionOptions> = {
+    procRoot: opts.procRoot,
+    apiServer,
+    podResourcesSocket: opts.podGpuMapping === "processes" ? undefined : opts.podResourcesSocket,
+  };
   const host = env("KUBERNETES_SERVICE_HOST");
   const port = env("KUBERNETES_SERVICE_PORT");
-  if (host && port) apiServer.push(host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`);
+  if (host && port) apiServer.push(inClusterHostPort(host, port));
   let kubeconfig = opts.kubeconfig;
   const home = env("HOME");
   if (!kubeconfig && apiServer.length === 0 && home && isFile(`${home}/.kube/config`)) {

@@ -12,7 +12,7 @@ export const SYSTEMD_LAYOUT = Object.freeze({
   binary: "/usr/local/bin/gpu-power-agent",
   /** The unit file. */
   unit: "/etc/systemd/system/gpu-power-agent.service",
-  /** `ConfigurationDirectory=gpu-power-agent`. */
+  /** Created by install.sh; read-only for the agent (no `ConfigurationDirectory=`, which would make it writable). */
   configDir: "/etc/gpu-power-agent",
   /** The caps file the unit passes with `--caps-file`. */
   capsFile: "/etc/gpu-power-agent/caps.yaml",
@@ -38,4 +38,14 @@ export const CONTAINER_LAYOUT = Object.freeze({
   procRoot: "/proc",
   /** Scraped by Prometheus on the pod IP. */
   metricsAddress: "0.0.0.0:9402",
+  /** Host of `--metrics-address` (the Helm chart adds its `metrics.port`). */
+  metricsHost: "0.0.0.0",
+  /** Mount of the node policy ConfigMap (Helm `nodePolicy`). */
+  nodePolicyDir: "/etc/gpu-power-agent/policy",
+  /** The node policy caps file, passed as `--caps-file`. */
+  nodePolicyFile: "/etc/gpu-power-agent/policy/caps.yaml",
+  /** The kubelet's PodResources API directory (hostPath, read-only). */
+  podResourcesDir: "/var/lib/kubelet/pod-resources",
+  /** The kubelet's PodResources socket, passed as `--pod-resources-socket`. */
+  podResourcesSocket: "/var/lib/kubelet/pod-resources/kubelet.sock",
 });

@@ -70,6 +70,12 @@ export interface AgentPermissionOptions {
   metricsAddress?: string;
   /** Kubernetes API server(s) and proxies as `host:port` (kubernetes mode): net (connect). */
   apiServer?: string | readonly string[];
+  /**
+   * The kubelet's PodResources socket (kubernetes mode, when the pod → GPU mapping uses it):
+   * read + write on the socket path and net `unix:<path>`, what connecting to a unix socket
+   * needs under Deno 2.9.6 (measured: each of the three alone or in pairs throws NotCapable).
+   */
+  podResourcesSocket?: string;
 }
 
 /** Scoped Deno permissions; an empty list grants nothing of that kind. */
@@ -147,7 +153,8 @@ export function flagEnvNames(): string[] {
  * - file: ffi NVML; read caps-file directory + state dir; write state dir; net metrics address;
  *   env = flag-table names; the library probes of {@linkcode IGNORED_LIBRARY_ENV} ignored.
  * - kubernetes: the same without the caps file, plus read proc root, service-account dir and
- *   kubeconfig(s); net API server(s); env + `KUBERNETES_SERVICE_HOST`/`_PORT`.
+ *   kubeconfig(s); net API server(s); env + `KUBERNETES_SERVICE_HOST`/`_PORT`; with a
+ *   PodResources socket, read + write on it and net `unix:<socket>`.
  */
 export function agentPermissions(mode: AgentMode, options: AgentPermissionOptions): PermissionSet {
   const read: string[] = [];
@@ -199,6 +206,12 @@ export function agentPermissions(mode: AgentMode, options: AgentPermissionOption
       net.push(server);
     }
     env.push(...KUBERNETES_IN_CLUSTER_ENV);
+    if (options.podResourcesSocket !== undefined) {
+      const socket = absolutePath(options.podResourcesSocket, "PodResources socket");
+      read.push(socket);
+      write.push(socket);
+      net.push(`unix:${socket}`);
+    }
   }
 
   return {
@@ -212,14 +225,29 @@ export function agentPermissions(mode: AgentMode, options: AgentPermissionOption
   };
 }
 
+/** Each kind of a {@linkcode PermissionSet} and its Deno flag, in the order flags are written. */
+export const DENO_PERMISSION_FLAGS: ReadonlyArray<readonly [string, keyof PermissionSet]> = Object
+  .freeze(
+    [
+      ["--allow-read", "read"],
+      ["--allow-write", "write"],
+      ["--allow-ffi", "ffi"],
+      ["--allow-net", "net"],
+      ["--allow-env", "env"],
+      ["--ignore-env", "ignoreEnv"],
+      ["--allow-sys", "sys"],
+    ] as const,
+  );
+
 /**
  * Deno flags for a permission set, in a fixed order; a kind with an empty list is not granted.
  * Never `-A` and never `--allow-run`.
  */
 export function toDenoFlags(set: PermissionSet): string[] {
   const flags: string[] = [];
-  const add = (flag: string, values: readonly string[]) => {
-    if (values.length === 0) return;
+  for (const [flag, kind] of DENO_PERMISSION_FLAGS) {
+    const values = set[kind];
+    if (values.length === 0) continue;
     for (const value of values) {
       if (value === "" || value.includes(",")) {
         throw new PermissionSetError(
@@ -228,13 +256,6 @@ export function toDenoFlags(set: PermissionSet): string[] {
       }
     }
     flags.push(`${flag}=${values.join(",")}`);
-  };
-  add("--allow-read", set.read);
-  add("--allow-write", set.write);
-  add("--allow-ffi", set.ffi);
-  add("--allow-net", set.net);
-  add("--allow-env", set.env);
-  add("--ignore-env", set.ignoreEnv);
-  add("--allow-sys", set.sys);
+  }
   return flags;
 }

@@ -7,9 +7,14 @@
  *   asks → the safe default (fail closed).
  * - Annotations of pods outside `allowedNamespaces` are ignored (treated as absent).
  * - `minMw`/`maxMw` (floor/ceiling) apply to the result, before the device clamp.
+ *
+ * The decision carries the pods it is for; what they are told (CapApplied, CapClamped,
+ * SafeDefaultApplied, CapNotApplied) is decided from the pass's outcome by `outcomeEvents`,
+ * after the set was attempted.
  */
-import type { DesiredCap } from "../sources/cap_source.ts";
-import { formatWatts, type PowerAnnotation } from "../sources/annotation.ts";
+import type { DesiredCap, PodRef } from "./desired.ts";
+import type { PowerAnnotation } from "../sources/annotation.ts";
+import { formatWatts, type GpuOutcome } from "../reconcile/report.ts";
 
 /** One pod using a GPU, with its parsed annotation. */
 export interface GpuPod {
@@ -29,14 +34,17 @@ export interface SharedGpuPolicyOptions {
   minMw?: number;
   /** Ceiling applied to every cap (milliwatts). */
   maxMw?: number;
-  /** The GPU's settable range, to report device clamping in outcome events (optional). */
-  deviceLimits?: { minMw: number; maxMw: number };
   /** GPU label for messages, e.g. `GPU 0 (GPU-8d5b…)`. */
   gpuLabel?: string;
 }
 
 /** Kubernetes Event reasons the agent emits on pods. */
-export type OutcomeReason = "CapApplied" | "CapClamped" | "CapRejected" | "SafeDefaultApplied";
+export type OutcomeReason =
+  | "CapApplied"
+  | "CapClamped"
+  | "CapRejected"
+  | "SafeDefaultApplied"
+  | "CapNotApplied";
 
 /** What a pod should be told about the decision for one GPU (a Kubernetes Event). */
 export interface OutcomeEvent {
@@ -56,7 +64,7 @@ export interface IgnoredAnnotation {
 export interface GpuDecision {
   /** The cap, or null when no pod asks (unmanaged). */
   cap: DesiredCap | null;
-  /** Events to emit on the pods (the caller deduplicates). */
+  /** CapRejected events about the annotations (the caller posts them with the outcome). */
   events: OutcomeEvent[];
   /** Annotations ignored because of `allowedNamespaces` (the caller logs them, deduplicated). */
   ignored: IgnoredAnnotation[];
@@ -78,18 +86,6 @@ function bound(mw: number, options: SharedGpuPolicyOptions): { mw: number; note?
       mw: options.maxMw,
       note: `lowered to the --max-watts ceiling ${formatWatts(options.maxMw)}`,
     };
-  }
-  return { mw };
-}
-
-function deviceNote(mw: number, options: SharedGpuPolicyOptions): { mw: number; note?: string } {
-  const limits = options.deviceLimits;
-  if (!limits) return { mw };
-  if (mw < limits.minMw) {
-    return { mw: limits.minMw, note: `raised to the GPU minimum ${formatWatts(limits.minMw)}` };
-  }
-  if (mw > limits.maxMw) {
-    return { mw: limits.maxMw, note: `lowered to the GPU maximum ${formatWatts(limits.maxMw)}` };
   }
   return { mw };
 }
@@ -167,44 +163,75 @@ export function decideGpuCap(
 
   if (why !== null) {
     const { mw } = bound(options.safeDefaultMw, options);
-    const reason = `safe default: ${why}`;
-    for (const p of effective) {
-      events.push({
-        pod: ref(p),
-        reason: "SafeDefaultApplied",
-        type: "Warning",
-        message: `Safe default ${formatWatts(mw)} applied to ${gpu}: ${why}`,
-      });
-    }
-    return { cap: { mw, reason, kind: "safe-default" }, events, ignored };
+    return {
+      cap: { mw, reason: `safe default: ${why}`, kind: "safe-default", pods: effective.map(ref) },
+      events,
+      ignored,
+    };
   }
 
   // All askers valid and equal, and every pod on the GPU asks.
   const first = askers[0].annotation;
-  const requestedMw = first.kind === "valid" ? first.mw : options.safeDefaultMw;
-  const bounded = bound(requestedMw, options);
-  const device = deviceNote(bounded.mw, options);
-  const notes = [bounded.note, device.note].filter((n): n is string => n !== undefined);
+  const askedMw = first.kind === "valid" ? first.mw : options.safeDefaultMw;
+  const bounded = bound(askedMw, options);
   const reason = askers.length === 1
     ? `pod ${podRef(askers[0])}`
     : `pods ${askers.map(podRef).join(", ")}`;
-  for (const p of askers) {
-    if (notes.length > 0) {
-      events.push({
-        pod: ref(p),
-        reason: "CapClamped",
-        type: "Warning",
-        message: `Requested ${formatWatts(requestedMw)} for ${gpu}, ${notes.join(", then ")}: ` +
-          `${formatWatts(device.mw)} applied`,
-      });
-    } else {
-      events.push({
-        pod: ref(p),
-        reason: "CapApplied",
-        type: "Normal",
-        message: `Power limit ${formatWatts(requestedMw)} applied to ${gpu}`,
-      });
-    }
+  return {
+    cap: {
+      mw: bounded.mw,
+      reason,
+      kind: "pod",
+      pods: askers.map(ref),
+      askedMw,
+      ...(bounded.note ? { notes: [bounded.note] } : {}),
+    },
+    events,
+    ignored,
+  };
+}
+
+/**
+ * What the pods of a GPU are told about what happened to their cap this pass: CapApplied or
+ * CapClamped (pod caps), SafeDefaultApplied, or CapNotApplied naming the failure. Nothing while
+ * the outcome is unknown (skipped). Pure.
+ */
+export function outcomeEvents(outcome: GpuOutcome, gpuLabel: string): OutcomeEvent[] {
+  const cap = outcome.desired;
+  if (!cap?.pods?.length || outcome.action === "skipped") return [];
+  const pods: readonly PodRef[] = cap.pods;
+  const on = (reason: OutcomeReason, type: OutcomeEvent["type"], message: string) =>
+    pods.map((pod) => ({ pod: { ...pod }, reason, type, message }));
+  if (outcome.action === "error" || outcome.action === "unsupported") {
+    return on(
+      "CapNotApplied",
+      "Warning",
+      `Power limit ${formatWatts(outcome.toMw ?? cap.mw)} not applied to ${gpuLabel}: ` +
+        (outcome.error ?? outcome.action),
+    );
   }
-  return { cap: { mw: bounded.mw, reason, kind: "pod" }, events, ignored };
+  if (outcome.enforced !== true) return [];
+  if (cap.kind === "safe-default") {
+    const why = cap.reason.replace(/^safe default: /, "");
+    return on(
+      "SafeDefaultApplied",
+      "Warning",
+      `Safe default ${formatWatts(outcome.toMw)} applied to ${gpuLabel}: ${why}`,
+    );
+  }
+  const notes = [...(cap.notes ?? [])];
+  if (outcome.clamp === "up") notes.push(`raised to the GPU minimum ${formatWatts(outcome.toMw)}`);
+  if (outcome.clamp === "down") {
+    notes.push(`lowered to the GPU maximum ${formatWatts(outcome.toMw)}`);
+  }
+  const asked = cap.askedMw ?? cap.mw;
+  if (notes.length > 0) {
+    return on(
+      "CapClamped",
+      "Warning",
+      `Requested ${formatWatts(asked)} for ${gpuLabel}, ${notes.join(", then ")}: ` +
+        `${formatWatts(outcome.toMw)} applied`,
+    );
+  }
+  return on("CapApplied", "Normal", `Power limit ${formatWatts(asked)} applied to ${gpuLabel}`);
 }

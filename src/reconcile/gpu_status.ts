@@ -3,7 +3,8 @@
  * the journal knows, and what the source wants. The one place those facts are gathered.
  */
 import type { GpuControl, PowerLimits, PowerSample } from "../nvml/gpu_control.ts";
-import type { DesiredCaps, DesiredKind } from "../sources/cap_source.ts";
+import { isNotSupported } from "../nvml/errors.ts";
+import type { DesiredCaps, DesiredKind } from "../policy/desired.ts";
 import type { Journal } from "../state/journal.ts";
 
 /** Facts about one GPU; a field is null when it could not be read (see `error`) or is unsupported. */
@@ -29,6 +30,13 @@ export interface GpuStatus {
   desiredMw: number | null;
   desiredReason: string | null;
   desiredKind: DesiredKind | null;
+  /** False when the GPU does not support software power limits (NVML NOT_SUPPORTED). */
+  supported: boolean;
+  /**
+   * True when the GPU holds what the agent wants on it, false when it does not, null when
+   * unknown (nothing known to be wanted).
+   */
+  enforced: boolean | null;
   /** Read failures, `; `-joined. */
   error?: string;
 }
@@ -38,6 +46,13 @@ export interface CollectGpuStatusOptions {
   journal: Journal;
   /** Desired caps (e.g. `loop.lastDesired`); omitted or null: desired fields are null. */
   desired?: DesiredCaps | null;
+  /**
+   * Whether the GPU holds what the agent wants (the running agent's last outcome). Default: a
+   * journaled GPU is enforced when its limit equals what the agent applied; else unknown.
+   */
+  enforced?: (uuid: string) => boolean | null;
+  /** GPUs known to be unsupported (e.g. their set failed NOT_SUPPORTED). */
+  unsupported?: (uuid: string) => boolean;
 }
 
 /**
@@ -49,10 +64,12 @@ export function collectGpuStatus(gpu: GpuControl, options: CollectGpuStatusOptio
     const errors: string[] = [];
     let limits: PowerLimits | null = null;
     let sample: PowerSample | null = null;
+    let supported = !(options.unsupported?.(id.uuid) ?? false);
     try {
       limits = gpu.readLimits(id.index);
     } catch (err) {
-      errors.push(`cannot read power limits: ${errorText(err)}`);
+      if (isNotSupported(err)) supported = false;
+      else errors.push(`cannot read power limits: ${errorText(err)}`);
     }
     try {
       sample = gpu.readSample(id.index);
@@ -79,6 +96,12 @@ export function collectGpuStatus(gpu: GpuControl, options: CollectGpuStatusOptio
       desiredMw: want?.mw ?? null,
       desiredReason: want?.reason ?? null,
       desiredKind: want?.kind ?? null,
+      supported,
+      enforced: options.enforced
+        ? options.enforced(id.uuid)
+        : entry && limits
+        ? limits.limitMw === entry.appliedMw
+        : null,
       ...(errors.length > 0 ? { error: errors.join("; ") } : {}),
     };
   });

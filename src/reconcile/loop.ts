@@ -10,13 +10,36 @@ import type { GpuControl } from "../nvml/gpu_control.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import { noopTelemetry } from "../metrics/telemetry.ts";
 import type { CapSource, DesiredCaps } from "../sources/cap_source.ts";
+import { gpuViews } from "../sources/cap_source.ts";
 import type { Journal } from "../state/journal.ts";
-import type { Clock } from "./clock.ts";
-import { systemClock } from "./clock.ts";
-import type { PassReport } from "./pass.ts";
-import { gpuViews, observeGpus, reconcilePass } from "./pass.ts";
-import type { RestoreTarget } from "./restore.ts";
+import type { Clock } from "../clock.ts";
+import { systemClock } from "../clock.ts";
+import type { RestoreTarget } from "../policy/plan.ts";
+import { Actuator, type BackoffPolicy } from "./actuate.ts";
+import { observeGpus } from "./observe.ts";
+import { reconcilePass } from "./pass.ts";
+import { describePlan, type GpuOutcome, type PassReport } from "./report.ts";
 import { restoreAll } from "./restore.ts";
+
+/** A GPU whose wanted limit is not in place (for readiness). */
+export interface Unenforced {
+  uuid: string;
+  index: number;
+  /** Since when (epoch ms) the wanted limit has not been in place. */
+  sinceMs: number;
+  /** What failed. */
+  error: string;
+}
+
+/** What the loop knows about enforcement, for readiness, metrics and status. */
+export interface EnforcementState {
+  /** End (epoch ms) of the first pass that planned with known desired caps; null before. */
+  reconciledMs: number | null;
+  /** GPUs whose wanted limit is not in place, oldest first (unsupported GPUs never listed). */
+  unenforced: Unenforced[];
+  /** Pass-level failure (GPUs not listable, journal not writable) and since when. */
+  passError?: { sinceMs: number; error: string };
+}
 
 /** Options of `ReconcileLoop`. */
 export interface ReconcileLoopOptions {
@@ -27,8 +50,12 @@ export interface ReconcileLoopOptions {
   clock?: Clock;
   /** Default `baseline`. */
   restoreTo?: RestoreTarget;
-  /** Log what would change; never set a limit or write the journal. */
+  /** Print the plan; never set a limit, write the journal or post an Event. */
   dryRun?: boolean;
+  /** Per-GPU retry backoff (default 1 s doubling to 5 min). */
+  backoff?: BackoffPolicy;
+  /** Where the dry-run plan is printed (default: the log). */
+  printPlan?: (lines: string[]) => void;
 }
 
 /** Options of `ReconcileLoop.stop`. */
@@ -59,6 +86,13 @@ export class ReconcileLoop {
   #lastSuccessMs: number | null = null;
   #lastReport: PassReport | null = null;
   #lastDesired: DesiredCaps | null = null;
+  #actuator: Actuator;
+  #printPlan: (lines: string[]) => void;
+  #lastPlanText = "";
+  #reconciledMs: number | null = null;
+  #outcomes = new Map<string, GpuOutcome>();
+  #unenforced = new Map<string, Unenforced>();
+  #passError: { sinceMs: number; error: string } | undefined;
 
   constructor(gpu: GpuControl, source: CapSource, options: ReconcileLoopOptions) {
     if (!(options.intervalMs > 0)) {
@@ -72,6 +106,36 @@ export class ReconcileLoop {
     this.#intervalMs = options.intervalMs;
     this.#restoreTo = options.restoreTo ?? "baseline";
     this.#dryRun = options.dryRun ?? false;
+    this.#actuator = new Actuator(gpu, {
+      journal: this.#journal,
+      telemetry: this.#telemetry,
+      clock: this.#clock,
+      backoff: options.backoff,
+    });
+    this.#printPlan = options.printPlan ?? ((lines) => {
+      const log = getLogger(["gpu-power-agent", "reconcile"]);
+      for (const line of lines) log.info("dry run: {line}", { line });
+    });
+  }
+
+  /** Enforcement as of the last pass (readiness, metrics). */
+  enforcement(): EnforcementState {
+    return {
+      reconciledMs: this.#reconciledMs,
+      unenforced: [...this.#unenforced.values()].sort((a, b) => a.sinceMs - b.sinceMs),
+      ...(this.#passError ? { passError: { ...this.#passError } } : {}),
+    };
+  }
+
+  /** Last outcome of one GPU (null before it was seen). */
+  outcomeOf(uuid: string): GpuOutcome | null {
+    return this.#outcomes.get(uuid) ?? null;
+  }
+
+  /** True when the GPU does not support software power limits (read or set NOT_SUPPORTED). */
+  isUnsupported(uuid: string): boolean {
+    return this.#outcomes.get(uuid)?.action === "unsupported" ||
+      this.#actuator.isUnsupported(uuid);
   }
 
   /** End time (ms since epoch) of the last pass that was ok with known desired caps; null if none. */
@@ -205,7 +269,10 @@ export class ReconcileLoop {
     this.#passing = true;
     let report: PassReport;
     try {
-      const observation = observeGpus(this.#gpu, { telemetry: this.#telemetry });
+      const observation = observeGpus(this.#gpu, {
+        telemetry: this.#telemetry,
+        pids: this.#source.needsPids ?? false,
+      });
       let desired: DesiredCaps | null = null;
       let sourceError: string | undefined;
       if (observation.error === undefined) {
@@ -226,28 +293,87 @@ export class ReconcileLoop {
         dryRun: this.#dryRun,
         restoreReason: this.#startupDone ? "unmanaged" : "startup",
         observation,
+        actuator: this.#actuator,
+        sourceError,
         clock: this.#clock,
+        onPlan: (plan) => {
+          if (!this.#dryRun) return;
+          const text = describePlan(plan).join("\n");
+          if (text === this.#lastPlanText) return;
+          this.#lastPlanText = text;
+          this.#printPlan(text.split("\n"));
+        },
       });
-      if (sourceError !== undefined) {
-        report.ok = false;
-        report.error ??= sourceError;
-      }
       if (desired !== null) this.#startupDone = true;
+      if (!report.dryRun) {
+        try {
+          this.#source.report?.(report.gpus, { dryRun: false });
+        } catch (err) {
+          getLogger(["gpu-power-agent", "reconcile"]).error("Source report failed: {error}", {
+            error: err instanceof Error ? err.message : String(err),
+          });
+        }
+      }
     } finally {
       this.#passing = false;
     }
     this.#passCount++;
     this.#lastReport = report;
     const endMs = this.#clock.now();
-    if (report.ok && report.desiredKnown) this.#lastSuccessMs = endMs;
-    const changed = !report.dryRun &&
-      report.gpus.some((g) =>
-        (g.action === "apply" || g.action === "drift" || g.action === "restore") &&
-        g.fromMw !== g.toMw
-      );
+    if (report.ok) this.#lastSuccessMs = endMs;
+    this.#track(report, endMs);
+    const changed = report.gpus.some((g) => g.changed && g.fromMw !== g.toMw);
     if (changed && triggerAt !== null) {
       this.#telemetry.reactionLatency(Math.max(0, endMs - triggerAt) / 1000);
     }
     return report;
+  }
+
+  /** Update enforcement state from a pass's outcomes. */
+  #track(report: PassReport, nowMs: number): void {
+    if (report.error !== undefined && report.gpus.length === 0) {
+      this.#passError = this.#passError?.error === report.error
+        ? this.#passError
+        : { sinceMs: this.#passError?.sinceMs ?? nowMs, error: report.error };
+      return;
+    }
+    this.#passError = undefined;
+    if (report.desiredKnown && this.#reconciledMs === null) this.#reconciledMs = nowMs;
+    const present = new Set<string>();
+    for (const g of report.gpus) {
+      present.add(g.uuid);
+      this.#outcomes.set(g.uuid, g);
+      if (g.action === "skipped") continue;
+      if (g.enforced === false && g.action !== "unsupported") {
+        const known = this.#unenforced.get(g.uuid);
+        this.#unenforced.set(g.uuid, {
+          uuid: g.uuid,
+          index: g.index,
+          sinceMs: known?.sinceMs ?? nowMs,
+          error: g.error ?? "the wanted power limit is not in place",
+        });
+      } else {
+        this.#unenforced.delete(g.uuid);
+      }
+    }
+    // A GPU that was wanted (or journaled) and is gone is not enforced either.
+    const lost = new Set(report.absentUuids);
+    for (const [uuid, g] of this.#outcomes) {
+      if (present.has(uuid)) continue;
+      if (g.wanted) lost.add(uuid);
+      else this.#outcomes.delete(uuid);
+    }
+    for (const uuid of lost) {
+      const known = this.#unenforced.get(uuid);
+      this.#unenforced.set(uuid, {
+        uuid,
+        index: known?.index ?? this.#outcomes.get(uuid)?.index ?? -1,
+        sinceMs: known?.sinceMs ?? nowMs,
+        error: `GPU ${uuid} is lost: the driver no longer lists it`,
+      });
+    }
+    for (const uuid of [...this.#unenforced.keys()]) {
+      if (!present.has(uuid) && !lost.has(uuid)) this.#unenforced.delete(uuid);
+    }
   }
 }

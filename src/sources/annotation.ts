@@ -69,8 +69,3 @@ export function parsePowerAnnotation(value: string | null | undefined): PowerAnn
   }
   return { kind: "valid", mw, value };
 }
-
-/** Format milliwatts as watts for messages: `250 W`, `250.5 W`. */
-export function formatWatts(mw: number): string {
-  return `${Number((mw / 1000).toFixed(3))} W`;
-}

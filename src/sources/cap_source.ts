@@ -2,21 +2,11 @@
  * What a source of desired caps (caps file, Kubernetes pods) offers the reconciler.
  */
 import type { GpuIdentity } from "../nvml/gpu_control.ts";
+import type { DesiredCaps } from "../policy/desired.ts";
+import type { Observation } from "../reconcile/observe.ts";
+import type { GpuOutcome } from "../reconcile/report.ts";
 
-/** Why a GPU is capped; drives logs, metrics and Kubernetes events. */
-export type DesiredKind = "file" | "pod" | "safe-default";
-
-/** The cap a source wants on one GPU, before the device min/max clamp. */
-export interface DesiredCap {
-  /** Requested limit in milliwatts (source floor/ceiling already applied, device clamp not). */
-  mw: number;
-  /** Human reason, e.g. `caps file rule gpus[1]`, `pod ns/name`, `safe default: pods disagree`. */
-  reason: string;
-  kind: DesiredKind;
-}
-
-/** Desired caps by GPU UUID. A GPU absent from the map is unmanaged (returns to its baseline). */
-export type DesiredCaps = Map<string, DesiredCap>;
+export type { DesiredCap, DesiredCaps, DesiredKind, PodRef } from "../policy/desired.ts";
 
 /** What a source knows about one GPU when computing desired caps. */
 export interface GpuView extends GpuIdentity {
@@ -25,6 +15,13 @@ export interface GpuView extends GpuIdentity {
   /** Smallest and largest settable limit, milliwatts (already read this pass: no NVML call). */
   minMw: number;
   maxMw: number;
+  /**
+   * Compute PIDs on this GPU observed this pass (MIG rolled up), or null when they were not read
+   * (the source does not need them) or could not be read (see `pidsError`).
+   */
+  pids: readonly number[] | null;
+  /** Why the PIDs could not be read this pass. */
+  pidsError?: string;
 }
 
 /** Freshness of a source, for readiness and metrics. */
@@ -41,6 +38,8 @@ export interface SourceHealth {
 export interface CapSource {
   /** `file` or `kubernetes`: used as a metric label. */
   readonly name: string;
+  /** True when `desired()` needs the compute PIDs of each GPU (observed once per pass for it). */
+  readonly needsPids?: boolean;
   /**
    * Load/sync for the first time and begin watching. Calls `onChange` whenever the desired caps
    * may have changed (debounced by the source). Rejects on invalid configuration at start.
@@ -51,8 +50,32 @@ export interface CapSource {
    * reconciler then changes nothing.
    */
   desired(gpus: readonly GpuView[]): DesiredCaps | null;
+  /**
+   * What happened this pass, after actuation: the outcomes are the one source of what the source
+   * tells others (Kubernetes Events). Not called in dry run.
+   */
+  report?(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void;
   /** Current health. */
   health(): SourceHealth;
   /** Stop watching. Idempotent. */
   stop(): Promise<void>;
+}
+
+/** What sources see: the GPUs whose limits could be read (unsupported ones too are left out). */
+export function gpuViews(observation: Observation): GpuView[] {
+  return observation.gpus.flatMap((g) =>
+    g.limits
+      ? [{
+        index: g.index,
+        uuid: g.uuid,
+        name: g.name,
+        pciBusId: g.pciBusId,
+        defaultMw: g.limits.defaultMw,
+        minMw: g.limits.minMw,
+        maxMw: g.limits.maxMw,
+        pids: g.pids,
+        ...(g.pidsError !== undefined ? { pidsError: g.pidsError } : {}),
+      }]
+      : []
+  );
 }

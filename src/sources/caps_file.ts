@@ -5,6 +5,7 @@
  * ```yaml
  * version: 1                 # required; the only supported version
  * default: {watts: 300}      # optional: cap for every GPU no rule matches
+ * budget: {watts: 4000}      # optional: node power budget over every GPU (see policy/budget.ts)
  * gpus:                      # optional; later rules win over earlier ones
  *   - index: 0               # selector: exactly one of index | uuid | name (glob: * and ?)
  *     watts: 250             # value: exactly one of watts | percent
@@ -20,6 +21,8 @@
  * - `watts`: a number > 0 and ≤ 100000, decimals allowed, stored as integer milliwatts
  *   (`Math.round(watts * 1000)`). `percent`: a number > 0 and ≤ 100 (of the GPU's default
  *   limit). Values outside the GPU's min/max are accepted here and clamped by the reconciler.
+ * - `budget.watts`: the same bounds as a cap's `watts`, stored as integer milliwatts; the only
+ *   key of `budget`.
  * - `index`: an integer ≥ 0; `uuid`: a non-empty string matched exactly; `name`: a non-empty,
  *   case-sensitive glob over the whole GPU name (`*` any run of characters, `?` one character).
  * - Every problem is reported at once, sorted by position, each with its key path and
@@ -59,6 +62,15 @@ export interface CapsSpec {
   default?: CapsValue;
   /** Rules in file order (later rules win). */
   rules: CapsRule[];
+  /** Node power budget (`budget: {watts: N}`); absent: no budget. */
+  budget?: CapsBudget;
+}
+
+/** The node power budget of a caps file. */
+export interface CapsBudget {
+  watts: number;
+  /** `Math.round(watts * 1000)`. */
+  mw: number;
 }
 
 /** One thing wrong with a caps file. */
@@ -291,7 +303,8 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
 const SELECTOR_KEYS = ["index", "uuid", "name"] as const;
 const VALUE_KEYS = ["watts", "percent"] as const;
 const RULE_KEYS = [...SELECTOR_KEYS, ...VALUE_KEYS] as const;
-const TOP_KEYS = ["version", "default", "gpus"] as const;
+const TOP_KEYS = ["version", "default", "gpus", "budget"] as const;
+const BUDGET_KEYS = ["watts"] as const;
 
 /** Runs even when fields already failed, so every problem is reported in one go. */
 const always = { when: () => true };
@@ -331,10 +344,16 @@ const ruleSchema = z.strictObject({
   exactlyOne(VALUE_KEYS, "to set the cap"),
 );
 
+/** At least 1 mW, at most a cap's largest `watts`. */
+const budgetSchema = z.strictObject({
+  watts: z.number().check(z.gte(0.001), z.lte(MAX_CAP_WATTS)),
+});
+
 const capsFileSchema = z.strictObject({
   version: z.literal(CAPS_FILE_VERSION),
   default: z.optional(defaultSchema),
   gpus: z.optional(z.array(ruleSchema)),
+  budget: z.optional(budgetSchema),
 });
 
 type CapsFileData = z.infer<typeof capsFileSchema>;
@@ -345,6 +364,9 @@ const EXPECTED: Record<string, string> = {
   version: `expected version: ${CAPS_FILE_VERSION} (the only supported version)`,
   default: "expected a mapping with one of watts or percent, e.g. {watts: 300}",
   gpus: "expected a list of rules, e.g. [{index: 0, watts: 250}] (use [] for none)",
+  budget: "expected a mapping with the node's power budget, e.g. {watts: 4000}",
+  "budget.watts":
+    `expected the node's power budget in watts: a number >= 0.001 and <= ${MAX_CAP_WATTS}`,
   rule: "expected a rule mapping, e.g. {index: 0, watts: 250}",
   index: "expected a GPU index: a whole number >= 0",
   uuid: 'expected a non-empty GPU UUID string, e.g. "GPU-8d5b1c2e-..."',
@@ -357,12 +379,14 @@ const ALLOWED_KEYS: Record<string, readonly string[]> = {
   root: TOP_KEYS,
   default: VALUE_KEYS,
   rule: RULE_KEYS,
+  budget: BUDGET_KEYS,
 };
 
 /** Which kind of place a key path points at. */
 function placeOf(path: readonly PathSegment[]): string {
   if (path.length === 0) return "root";
   if (path[0] === "gpus" && path.length === 2) return "rule";
+  if (path[0] === "budget" && path.length === 2) return `budget.${String(path[1])}`;
   return String(path.at(-1));
 }
 
@@ -412,11 +436,13 @@ function issueProblems(issue: z.core.$ZodIssue): RawProblem[] {
   const place = placeOf(path);
   const input = (issue as { input?: unknown }).input;
   if (input === undefined) {
-    // Only `version` is required.
+    // Only `version` and `budget.watts` are required.
     return [{
       path,
       target: "value",
-      reason: `missing required key ${place}: add \`${place}: ${CAPS_FILE_VERSION}\``,
+      reason: place === "version"
+        ? `missing required key ${place}: add \`${place}: ${CAPS_FILE_VERSION}\``
+        : `missing required key ${String(path.at(-1))}: ${EXPECTED[place] ?? issue.message}`,
     }];
   }
   const expected = EXPECTED[place] ?? issue.message;
@@ -497,6 +523,9 @@ function toSpec(data: CapsFileData): CapsSpec {
     })),
   };
   if (data.default) spec.default = toValue(data.default);
+  if (data.budget) {
+    spec.budget = { watts: data.budget.watts, mw: Math.round(data.budget.watts * 1000) };
+  }
   return spec;
 }
 

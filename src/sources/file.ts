@@ -21,7 +21,7 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { dirname, resolve } from "node:path";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
-import { type Clock, systemClock } from "../reconcile/clock.ts";
+import { type Clock, systemClock } from "../clock.ts";
 import { describeCapsValue, resolveFileCaps } from "../policy/file_rules.ts";
 import type { CapSource, DesiredCaps, GpuView, SourceHealth } from "./cap_source.ts";
 import {
@@ -121,6 +121,15 @@ export class FileCapSource implements CapSource {
   /** Desired caps for these GPUs, or null before the first good load. */
   desired(gpus: readonly GpuView[]): DesiredCaps | null {
     return this.#spec === null ? null : resolveFileCaps(this.#spec, gpus);
+  }
+
+  /**
+   * The last good caps file, or null before the first good load: what the node policy
+   * (`applyNodePolicy`) and the node power budget (`spec().budget`) read. Like `desired()`, it
+   * keeps the last good file while the file on disk is missing or invalid.
+   */
+  spec(): CapsSpec | null {
+    return this.#spec;
   }
 
   /** Synced after the first good load; `problem` while the file on disk is missing or invalid. */
@@ -252,5 +261,8 @@ export class FileCapSource implements CapSource {
 
 function summarize(spec: CapsSpec): string {
   const rules = `${spec.rules.length} rule${spec.rules.length === 1 ? "" : "s"}`;
-  return `${rules}, ${spec.default ? `default ${describeCapsValue(spec.default)}` : "no default"}`;
+  const budget = spec.budget ? `, node power budget ${spec.budget.watts} W` : "";
+  return `${rules}, ${
+    spec.default ? `default ${describeCapsValue(spec.default)}` : "no default"
+  }${budget}`;
 }

@@ -2,19 +2,21 @@
  * Kubernetes mode: caps from pod annotations, on exactly the GPUs those pods use.
  *
  * Pods of this node come from an informer (LIST + WATCH with a `spec.nodeName` field selector);
- * GPUs are mapped to pods through NVML compute PIDs and `/proc/<pid>/cgroup`; the per-GPU
- * policy is `decideGpuCap` (fail closed to the safe default). When the API server cannot be
- * read, caps stay as they are: `desired()` keeps answering from the last known pods.
+ * GPUs are mapped to pods through the compute PIDs the reconciler observed this pass (the source
+ * never calls NVML) and `/proc/<pid>/cgroup`; the per-GPU policy is `decideGpuCap` (fail closed
+ * to the safe default). When the API server cannot be read, caps stay as they are: `desired()`
+ * keeps answering from the last known pods. Events are posted from `report()`, after the
+ * outcome is known, never in dry run.
  */
 import { getLogger } from "@logtape/logtape";
 import type { CapSource, DesiredCap, DesiredCaps, GpuView, SourceHealth } from "./cap_source.ts";
-import type { GpuControl } from "../nvml/gpu_control.ts";
+import type { GpuOutcome } from "../reconcile/report.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
-import type { Clock } from "../reconcile/clock.ts";
-import { systemClock } from "../reconcile/clock.ts";
-import { decideGpuCap } from "../policy/shared_gpu.ts";
+import type { Clock } from "../clock.ts";
+import { systemClock } from "../clock.ts";
+import { decideGpuCap, type OutcomeEvent, outcomeEvents } from "../policy/shared_gpu.ts";
 import { DEFAULT_POWER_ANNOTATION } from "./annotation.ts";
-import { type KubeClient, type KubeConfigLibrary, loadKubeClient } from "./kubernetes_client.ts";
+import { type KubeClient, loadKubeClient } from "./kubernetes_client.ts";
 import {
   type BackoffOptions,
   type InformerStats,
@@ -27,7 +29,6 @@ import { PodIndex, type PodRecord } from "./kubernetes_pod_index.ts";
 
 /** Options of `createKubernetesCapSource` (the CLI maps flags to these). */
 export interface KubernetesSourceOptions {
-  gpu: GpuControl;
   /** `--node-name` / `NODE_NAME`: only pods with `spec.nodeName` = this are read. */
   nodeName: string;
   /** `--namespace`: read pods of this namespace only (namespace-scoped RBAC). */
@@ -52,8 +53,6 @@ export interface KubernetesSourceOptions {
   clock?: Clock;
   /** `--stale-after` in ms: a watch that received nothing for max(this, 90 s) is reopened. */
   staleAfterMs: number;
-  /** Device min/max per GPU UUID, to report CapClamped; default: the GpuView's min/max. */
-  deviceLimits?: (uuid: string) => { minMw: number; maxMw: number } | undefined;
   /** Reconnect backoff (default 500 ms → 30 s). */
   backoff?: BackoffOptions;
   /** Server-side watch timeout base (default 300 s; each watch asks t..1.5 t). */
@@ -70,8 +69,6 @@ export interface KubernetesSourceOptions {
   probeMaxMs?: number;
   /** Jitter source (default Math.random). */
   random?: () => number;
-  /** Which copy of the client library's KubeConfig to load (default `bundle`). */
-  library?: KubeConfigLibrary;
 }
 
 /** Counters for tests and `status`. */
@@ -88,6 +85,7 @@ export interface KubernetesSourceStats {
 /** The Kubernetes cap source. Create with `createKubernetesCapSource`. */
 export class KubernetesCapSource implements CapSource {
   readonly name = "kubernetes";
+  readonly needsPids = true;
   #o: KubernetesSourceOptions & { annotation: string; clock: Clock };
   #client: KubeClient;
   #informer: PodInformer;
@@ -97,6 +95,8 @@ export class KubernetesCapSource implements CapSource {
   #stopped = false;
   #lastCaps: DesiredCaps | null = null;
   #lastKind = new Map<string, DesiredCap["kind"]>();
+  /** CapRejected events of the last decision per GPU UUID, posted with the outcome. */
+  #rejected = new Map<string, OutcomeEvent[]>();
   #invalidLogged = new Map<string, string>();
   #ignoredLogged = new Set<string>();
   #scanFailuresLogged = new Set<string>();
@@ -166,10 +166,7 @@ export class KubernetesCapSource implements CapSource {
     if (!this.#informer.synced) return null;
     const log = getLogger(["gpu-power-agent", "kubernetes"]);
     try {
-      const scan = this.#index.scan(gpus, {
-        computePids: (index) => this.#o.gpu.computePids(index),
-        procRoot: this.#o.procRoot,
-      });
+      const scan = this.#index.scan(gpus, { procRoot: this.#o.procRoot });
       for (const failure of scan.failed) {
         if (this.#scanFailuresLogged.has(failure.uuid)) continue;
         this.#scanFailuresLogged.add(failure.uuid);
@@ -182,9 +179,9 @@ export class KubernetesCapSource implements CapSource {
 
       const byGpu = this.#index.podsByGpu();
       const caps: DesiredCaps = new Map();
+      this.#rejected.clear();
       for (const view of gpus) {
         const pods = byGpu.get(view.uuid) ?? [];
-        const asks = pods.some((p) => p.annotationValue !== undefined);
         const decision = decideGpuCap(
           pods.map((p) => ({
             namespace: p.namespace,
@@ -197,7 +194,6 @@ export class KubernetesCapSource implements CapSource {
             allowedNamespaces: this.#o.allowedNamespaces,
             minMw: this.#o.minMw,
             maxMw: this.#o.maxMw,
-            deviceLimits: this.#recorder && asks ? this.#deviceLimits(view) : undefined,
             gpuLabel: `GPU ${view.index} (${view.uuid})`,
           },
         );
@@ -209,7 +205,7 @@ export class KubernetesCapSource implements CapSource {
           this.#ignoredLogged.add(key);
           log.warn(ignored.message);
         }
-        this.#recorder?.record(view.uuid, decision.events);
+        if (decision.events.length > 0) this.#rejected.set(view.uuid, decision.events);
       }
       this.#updateProbe();
       this.#lastCaps = caps;
@@ -219,6 +215,23 @@ export class KubernetesCapSource implements CapSource {
         error: (error as Error).stack ?? String(error),
       });
       return this.#lastCaps;
+    }
+  }
+
+  /**
+   * Tell the pods what happened to their caps this pass (after actuation; nothing in dry run):
+   * CapApplied/CapClamped/SafeDefaultApplied once the cap holds, CapNotApplied when it could not
+   * be set, plus CapRejected for ignored/invalid annotations. Deduplicated per pod and GPU.
+   */
+  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
+    if (info.dryRun || !this.#recorder) return;
+    for (const outcome of outcomes) {
+      if (outcome.action === "skipped") continue;
+      const label = `GPU ${outcome.index} (${outcome.uuid})`;
+      this.#recorder.record(outcome.uuid, [
+        ...(this.#rejected.get(outcome.uuid) ?? []),
+        ...outcomeEvents(outcome, label),
+      ]);
     }
   }
 
@@ -254,11 +267,6 @@ export class KubernetesCapSource implements CapSource {
     this.#client.close();
   }
 
-  #deviceLimits(view: GpuView): { minMw: number; maxMw: number } | undefined {
-    // The pass already read the GPU's constraints: no second NVML read here.
-    return this.#o.deviceLimits?.(view.uuid) ?? { minMw: view.minMw, maxMw: view.maxMw };
-  }
-
   #noteDecision(view: GpuView, cap: DesiredCap | null): void {
     const before = this.#lastKind.get(view.uuid);
     const after = cap?.kind;
@@ -266,7 +274,6 @@ export class KubernetesCapSource implements CapSource {
     if (after === undefined) this.#lastKind.delete(view.uuid);
     else this.#lastKind.set(view.uuid, after);
     if (after === "safe-default") {
-      this.#o.telemetry.safeDefaultApplied();
       getLogger(["gpu-power-agent", "kubernetes"]).warn(
         "GPU {index} ({uuid}): {reason}",
         { index: view.index, uuid: view.uuid, reason: cap!.reason },
@@ -392,7 +399,6 @@ export async function createKubernetesCapSource(
   }
   const client = await loadKubeClient({
     kubeconfigPath: options.kubeconfigPath,
-    library: options.library,
     requestTimeoutMs: options.requestTimeoutMs,
   });
   return new KubernetesCapSource(client, options);

@@ -1,37 +1,36 @@
 /**
- * Minimal Kubernetes API client: `@kubernetes/client-node`'s `KubeConfig` loads the kubeconfig
- * or the in-cluster service account and authenticates every request (token, token file, exec
- * plugin, OIDC, client certificate…); the requests themselves go through Deno's `fetch`.
+ * Minimal Kubernetes API client on Deno's `fetch`: JSON GET/POST and streaming GET (watches)
+ * under a request timeout, with the bearer token of the loaded configuration (re-read when its
+ * file rotates) and one `Deno.HttpClient` carrying the CA, client certificate and proxy.
+ * The configuration comes from the project's own loader (`kubeconfig.ts`); no client library
+ * is loaded at run time.
  *
- * The library's own transport (undici) and generated API cost ~60-80 MiB RSS under Deno, so by
- * default `KubeConfig` comes from `kubernetes_kubeconfig_bundle.js`, a tree-shaken build of the
- * library without them (~6 MiB); `library: "npm"` imports the package module instead.
+ * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { KubeConfig } from "./kubernetes_kubeconfig_bundle.js";
+import {
+  inClusterConfig,
+  KubeConfigError,
+  readPem,
+  type ResolvedKubeconfig,
+  resolveKubeconfig,
+  SERVICE_ACCOUNT_DIR,
+  TokenSource,
+} from "./kubeconfig.ts";
 
-/** In-cluster service account files (as mounted by the kubelet). */
-export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/** Which copy of `KubeConfig` to load. */
-export type KubeConfigLibrary = "bundle" | "npm";
+export { KubeConfigError, SERVICE_ACCOUNT_DIR };
 
 /** Options of `loadKubeClient`. */
 export interface KubeClientOptions {
-  /** Explicit kubeconfig (`--kubeconfig`); else in-cluster, else `KUBECONFIG`/`~/.kube/config`. */
+  /**
+   * Explicit kubeconfig (`--kubeconfig`, a `:`-separated list merges like `KUBECONFIG`); else
+   * in-cluster, else `KUBECONFIG`/`~/.kube/config`.
+   */
   kubeconfigPath?: string;
-  /** `bundle` (default, small) or `npm` (the package module, ~60 MiB more RSS). */
-  library?: KubeConfigLibrary;
   /** Timeout of non-streaming requests and of a watch's response headers (default 30 s). */
   requestTimeoutMs?: number;
-}
-
-/** The configuration cannot be loaded or used (missing, unreadable, unsupported). */
-export class KubeConfigError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "KubeConfigError";
-  }
+  /** Service account mount for in-cluster mode (default {@linkcode SERVICE_ACCOUNT_DIR}). */
+  serviceAccountDir?: string;
 }
 
 /** The API server answered with an error status, or could not be reached. */
@@ -55,26 +54,6 @@ export class KubeApiError extends Error {
 /** Query parameters; undefined values are left out. */
 export type KubeQuery = Record<string, string | number | boolean | undefined>;
 
-interface RequestSetup {
-  headers: Headers;
-  client?: Deno.HttpClient;
-}
-
-type HttpsOptions = {
-  headers?: Record<string, string>;
-  ca?: Uint8Array | string;
-  cert?: Uint8Array | string;
-  key?: Uint8Array | string;
-  auth?: string;
-  rejectUnauthorized?: boolean;
-  servername?: string;
-};
-
-function pem(value: Uint8Array | string | undefined): string | undefined {
-  if (value === undefined || value === null) return undefined;
-  return typeof value === "string" ? value : new TextDecoder().decode(value);
-}
-
 function exists(path: string): boolean {
   try {
     Deno.statSync(path);
@@ -93,16 +72,13 @@ function env(name: string): string | undefined {
   }
 }
 
-function homeKubeconfig(): string | undefined {
-  const home = env("HOME");
-  return home ? `${home}/.kube/config` : undefined;
-}
-
-async function importKubeConfig(library: KubeConfigLibrary): Promise<typeof KubeConfig> {
-  if (library === "npm") {
-    return (await import("@kubernetes/client-node/dist/config.js")).KubeConfig;
-  }
-  return (await import("./kubernetes_kubeconfig_bundle.js")).KubeConfig;
+/** Options of the `KubeClient` constructor. */
+export interface KubeClientInit {
+  /** Bearer token for each request. */
+  tokens: TokenSource;
+  /** HTTP client with the CA / client certificate / proxy, when the default one does not do. */
+  httpClient?: Deno.HttpClient;
+  requestTimeoutMs?: number;
 }
 
 /**
@@ -110,22 +86,18 @@ async function importKubeConfig(library: KubeConfigLibrary): Promise<typeof Kube
  * client.
  */
 export class KubeClient {
-  #kc: KubeConfig;
   #server: string;
+  #context: string;
+  #tokens: TokenSource;
+  #httpClient: Deno.HttpClient | undefined;
   #timeoutMs: number;
-  #clients = new Map<string, Deno.HttpClient>();
-  #warned = new Set<string>();
 
-  constructor(kc: KubeConfig, options: { requestTimeoutMs?: number } = {}) {
-    const cluster = kc.getCurrentCluster();
-    if (!cluster) {
-      throw new KubeConfigError(
-        "Kubernetes configuration has no current cluster: set current-context in the kubeconfig",
-      );
-    }
-    this.#kc = kc;
-    this.#server = cluster.server.replace(/\/+$/, "");
-    this.#timeoutMs = options.requestTimeoutMs ?? 30_000;
+  constructor(config: Pick<ResolvedKubeconfig, "server" | "context">, init: KubeClientInit) {
+    this.#server = config.server.replace(/\/+$/, "");
+    this.#context = config.context;
+    this.#tokens = init.tokens;
+    this.#httpClient = init.httpClient;
+    this.#timeoutMs = init.requestTimeoutMs ?? 30_000;
   }
 
   /** API server URL, e.g. `https://10.0.0.1:443`. */
@@ -135,7 +107,7 @@ export class KubeClient {
 
   /** Name of the loaded context (`inClusterContext` in a pod). */
   get context(): string {
-    return this.#kc.getCurrentContext();
+    return this.#context;
   }
 
   /** GET a JSON document. Throws `KubeApiError`. */
@@ -169,8 +141,8 @@ export class KubeClient {
 
   /** Release HTTP clients. Idempotent. */
   close(): void {
-    for (const client of this.#clients.values()) client.close();
-    this.#clients.clear();
+    this.#httpClient?.close();
+    this.#httpClient = undefined;
   }
 
   /**
@@ -188,17 +160,21 @@ export class KubeClient {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
     const what = `${method} ${url.pathname}`;
-    let setup: RequestSetup;
+    const headers = new Headers({
+      "Accept": "application/json",
+      "User-Agent": "gpu-power-agent",
+    });
     try {
-      setup = await this.#setup();
+      const token = await this.#tokens.get();
+      if (token !== undefined) headers.set("Authorization", `Bearer ${token}`);
     } catch (error) {
-      if (error instanceof KubeConfigError) throw error;
+      // A token file being rotated or briefly missing: retried like a failed request.
       throw new KubeApiError(
         `Kubernetes authentication failed before ${what}: ${(error as Error).message}`,
         { status: 0, cause: error },
       );
     }
-    if (options.body !== undefined) setup.headers.set("Content-Type", "application/json");
+    if (options.body !== undefined) headers.set("Content-Type", "application/json");
     // One controller for both the caller's signal and the timeout (AbortSignal.any() only
     // holds its result weakly: once fetch has answered, aborting could be lost to GC).
     const controller = new AbortController();
@@ -215,11 +191,11 @@ export class KubeClient {
     try {
       const init: RequestInit & { client?: Deno.HttpClient } = {
         method,
-        headers: setup.headers,
+        headers,
         body: options.body,
         signal,
       };
-      if (setup.client) init.client = setup.client;
+      if (this.#httpClient) init.client = this.#httpClient;
       const response = await fetch(url, init);
       status = response.status;
       if (!response.ok || !response.body) {
@@ -266,105 +242,85 @@ export class KubeClient {
       { status: response.status, reason },
     );
   }
+}
 
-  async #setup(): Promise<RequestSetup> {
-    const opts: HttpsOptions = {};
-    // The library resolves the credentials on every call (token files are re-read, exec
-    // plugin tokens refreshed when expired).
-    await this.#kc.applyToHTTPSOptions(
-      opts as unknown as Parameters<KubeConfig["applyToHTTPSOptions"]>[0],
-    );
-    const headers = new Headers({
-      "Accept": "application/json",
-      "User-Agent": "gpu-power-agent",
-    });
-    for (const [key, value] of Object.entries(opts.headers ?? {})) headers.set(key, `${value}`);
-    if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
-    const https = this.#server.startsWith("https:");
-    if (https && opts.rejectUnauthorized === false) {
-      throw new KubeConfigError(
-        `insecure-skip-tls-verify is not supported for ${this.#server}: set ` +
-          "certificate-authority(-data) in the kubeconfig",
-      );
-    }
-    if (opts.servername && !this.#warned.has("servername")) {
-      this.#warned.add("servername");
-      getLogger(["gpu-power-agent", "kubernetes"]).warn(
-        "kubeconfig tls-server-name {name} is not supported and is ignored",
-        { name: opts.servername },
-      );
-    }
-    const proxyUrl = this.#kc.getCurrentCluster()?.proxyUrl;
-    const ca = https ? pem(opts.ca) : undefined;
-    const cert = https ? pem(opts.cert) : undefined;
-    const key = https ? pem(opts.key) : undefined;
-    if (!ca && !cert && !proxyUrl) return { headers };
-    const fingerprint = JSON.stringify([ca, cert, key, proxyUrl]);
-    let client = this.#clients.get(fingerprint);
-    if (!client) {
-      const options: Deno.CreateHttpClientOptions & { cert?: string; key?: string } = {};
-      if (ca) options.caCerts = [ca];
-      if (cert && key) {
-        options.cert = cert;
-        options.key = key;
-      }
-      if (proxyUrl) {
-        options.proxy = {
-          url: proxyUrl,
-          transport: proxyUrl.startsWith("socks5") ? "socks5" : undefined,
-        };
-      }
-      client = Deno.createHttpClient(options as Deno.CreateHttpClientOptions);
-      this.#clients.set(fingerprint, client);
-    }
-    return { headers, client };
+/** The configuration to use: explicit path, else in-cluster, else KUBECONFIG / ~/.kube/config. */
+async function resolveConfig(options: KubeClientOptions): Promise<ResolvedKubeconfig> {
+  const log = getLogger(["gpu-power-agent", "kubernetes"]);
+  const list = (value: string) => value.split(":").filter((p) => p !== "");
+  if (options.kubeconfigPath) {
+    const config = await resolveKubeconfig(list(options.kubeconfigPath));
+    log.debug("Kubernetes config loaded from {path}", { path: options.kubeconfigPath });
+    return config;
   }
+  const dir = options.serviceAccountDir ?? SERVICE_ACCOUNT_DIR;
+  const inCluster = inClusterConfig({ serviceAccountDir: dir });
+  if (inCluster && exists(`${dir}/token`)) {
+    log.debug("Kubernetes config: in-cluster service account");
+    return inCluster;
+  }
+  const kubeconfigEnv = env("KUBECONFIG");
+  const home = env("HOME");
+  const paths = kubeconfigEnv
+    ? list(kubeconfigEnv)
+    : home && exists(`${home}/.kube/config`)
+    ? [`${home}/.kube/config`]
+    : [];
+  if (paths.length > 0) {
+    const config = await resolveKubeconfig(paths);
+    log.debug("Kubernetes config loaded from {path}", { path: paths.join(":") });
+    return config;
+  }
+  throw new KubeConfigError(
+    "No Kubernetes configuration: not running in a pod with a service account " +
+      `(${dir}/token and KUBERNETES_SERVICE_HOST) and no --kubeconfig, ` +
+      "KUBECONFIG or ~/.kube/config",
+  );
 }
 
 /**
- * Load the Kubernetes configuration with the client library: `kubeconfigPath` when given, else
- * the in-cluster service account (`KUBERNETES_SERVICE_HOST` + token), else `KUBECONFIG` or
- * `~/.kube/config`. Throws `KubeConfigError` when none is usable.
+ * Load the Kubernetes configuration (`kubeconfigPath` when given, else the in-cluster service
+ * account, else `KUBECONFIG` or `~/.kube/config`), read its CA and client certificate, and
+ * return a client. Throws `KubeConfigError` when none is usable or a feature is refused.
  */
 export async function loadKubeClient(options: KubeClientOptions = {}): Promise<KubeClient> {
-  const KubeConfigClass = await importKubeConfig(options.library ?? "bundle");
-  const kc = new KubeConfigClass();
-  const log = getLogger(["gpu-power-agent", "kubernetes"]);
-  try {
-    if (options.kubeconfigPath) {
-      // A KUBECONFIG-style list merges like kubectl: the first file's current-context wins.
-      const [first, ...rest] = options.kubeconfigPath.split(":").filter((p) => p !== "");
-      kc.loadFromFile(first);
-      for (const path of rest) {
-        const more = new KubeConfigClass();
-        more.loadFromFile(path);
-        kc.mergeConfig(more, Boolean(kc.getCurrentContext()));
-      }
-      log.debug("Kubernetes config loaded from {path}", { path: options.kubeconfigPath });
-    } else if (
-      env("KUBERNETES_SERVICE_HOST") && env("KUBERNETES_SERVICE_PORT") &&
-      exists(`${SERVICE_ACCOUNT_DIR}/token`)
-    ) {
-      kc.loadFromCluster();
-      log.debug("Kubernetes config: in-cluster service account");
-    } else if (env("KUBECONFIG") || exists(homeKubeconfig() ?? "")) {
-      kc.loadFromDefault();
-      log.debug("Kubernetes config loaded from KUBECONFIG or ~/.kube/config");
-    } else {
+  const config = await resolveConfig(options);
+  const https = config.server.startsWith("https:");
+  const ca = https ? await readPem(config.ca, "certificate authority") : undefined;
+  const cert = https ? await readPem(config.clientCert, "client certificate") : undefined;
+  const key = https ? await readPem(config.clientKey, "client key") : undefined;
+  const tokens = new TokenSource(config);
+  // Fail now, not at the first request, when the token file is unreadable.
+  await tokens.get();
+  let httpClient: Deno.HttpClient | undefined;
+  if (ca || cert || config.proxyUrl) {
+    const clientOptions: Deno.CreateHttpClientOptions & Partial<Deno.TlsCertifiedKeyPem> = {};
+    if (ca) clientOptions.caCerts = [ca];
+    if (cert && key) {
+      clientOptions.cert = cert;
+      clientOptions.key = key;
+    }
+    if (config.proxyUrl) {
+      clientOptions.proxy = {
+        url: config.proxyUrl,
+        transport: config.proxyUrl.startsWith("socks5") ? "socks5" : undefined,
+      };
+    }
+    try {
+      httpClient = Deno.createHttpClient(
+        clientOptions as Deno.CreateHttpClientOptions & Deno.TlsCertifiedKeyPem,
+      );
+    } catch (error) {
       throw new KubeConfigError(
-        "No Kubernetes configuration: not running in a pod with a service account " +
-          `(${SERVICE_ACCOUNT_DIR}/token and KUBERNETES_SERVICE_HOST) and no --kubeconfig, ` +
-          "KUBECONFIG or ~/.kube/config",
+        `Cannot use the TLS material of Kubernetes context "${config.context}" ` +
+          `(certificate authority, client certificate or key): ${(error as Error).message}`,
+        { cause: error },
       );
     }
-  } catch (error) {
-    if (error instanceof KubeConfigError) throw error;
-    throw new KubeConfigError(
-      `Cannot load the Kubernetes configuration${
-        options.kubeconfigPath ? ` from ${options.kubeconfigPath}` : ""
-      }: ${(error as Error).message}`,
-      { cause: error },
-    );
   }
-  return new KubeClient(kc, { requestTimeoutMs: options.requestTimeoutMs });
+  return new KubeClient(config, {
+    tokens,
+    httpClient,
+    requestTimeoutMs: options.requestTimeoutMs,
+  });
 }

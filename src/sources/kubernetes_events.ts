@@ -4,8 +4,8 @@
  * logged and never affects capping.
  */
 import { getLogger } from "@logtape/logtape";
-import type { Clock } from "../reconcile/clock.ts";
-import { systemClock } from "../reconcile/clock.ts";
+import type { Clock } from "../clock.ts";
+import { systemClock } from "../clock.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import type { OutcomeEvent } from "../policy/shared_gpu.ts";
 import type { KubeClient } from "./kubernetes_client.ts";

@@ -6,8 +6,8 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { SourceHealth } from "./cap_source.ts";
-import type { Clock } from "../reconcile/clock.ts";
-import { systemClock } from "../reconcile/clock.ts";
+import type { Clock } from "../clock.ts";
+import { systemClock } from "../clock.ts";
 import type { Telemetry } from "../metrics/telemetry.ts";
 import { KubeApiError, type KubeClient } from "./kubernetes_client.ts";
 

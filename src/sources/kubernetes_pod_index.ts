@@ -29,10 +29,13 @@ export interface ScanResult {
   added: number;
 }
 
-/** A GPU as the scan needs it. */
+/** A GPU as the scan needs it: its compute PIDs observed this pass (null: not readable). */
 export interface ScanGpu {
   index: number;
   uuid: string;
+  pids: readonly number[] | null;
+  /** Why the PIDs could not be read. */
+  pidsError?: string;
 }
 
 function terminal(pod: KubePod): boolean {
@@ -129,22 +132,17 @@ export class PodIndex {
   }
 
   /**
-   * Find the pods using each GPU now: NVML PIDs → cgroup → pod UID, for pods in the index.
-   * `computePids` failures leave that GPU's associations as they were. Never throws.
+   * Find the pods using each GPU now: observed PIDs → cgroup → pod UID, for pods in the index.
+   * A GPU whose PIDs could not be read keeps its associations as they were. Never throws.
    */
-  scan(
-    gpus: readonly ScanGpu[],
-    options: { computePids: (index: number) => number[]; procRoot: string },
-  ): ScanResult {
+  scan(gpus: readonly ScanGpu[], options: { procRoot: string }): ScanResult {
     const seen = new Set<number>();
     const failed: ScanResult["failed"] = [];
     let added = 0;
     for (const gpu of gpus) {
-      let pids: number[];
-      try {
-        pids = options.computePids(gpu.index);
-      } catch (error) {
-        failed.push({ uuid: gpu.uuid, error: (error as Error).message });
+      const pids = gpu.pids;
+      if (pids === null) {
+        failed.push({ uuid: gpu.uuid, error: gpu.pidsError ?? "compute PIDs not observed" });
         continue;
       }
       for (const pid of pids) {

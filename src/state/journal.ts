@@ -58,6 +58,8 @@ export class Journal {
   #dirty = false;
   #saveCount = 0;
   #now: () => number;
+  /** Identity of the file as this instance last wrote or read it; null: no file known. */
+  #fileStamp: string | null = null;
 
   constructor(
     stateDir: string,
@@ -69,6 +71,7 @@ export class Journal {
     this.dryRun = (options.dryRun ?? false) || (options.readOnly ?? false);
     this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
     this.#now = options.now ?? Date.now;
+    this.#fileStamp = this.#stamp();
   }
 
   /** Number of GPUs in the journal. */
@@ -188,7 +191,35 @@ export class Journal {
     syncDirBestEffort(this.stateDir);
     this.#dirty = false;
     this.#saveCount++;
+    this.#fileStamp = this.#stamp();
     return true;
+  }
+
+  /**
+   * Make sure the file on disk holds what is in memory before a GPU is changed: saves when dirty,
+   * and also when the file changed under us since this instance last wrote it (another process
+   * emptied, replaced or removed it). Returns true when the file was written. Throws like `save`.
+   */
+  ensureOnDisk(): boolean {
+    if (this.dryRun) return false;
+    if (!this.#dirty && this.#stamp() === this.#fileStamp) return false;
+    if (!this.#dirty) {
+      getLogger(["gpu-power-agent", "journal"]).warn(
+        "Journal {path} changed behind the agent's back; writing it again from memory",
+        { path: this.path },
+      );
+    }
+    this.#dirty = true;
+    return this.save();
+  }
+
+  #stamp(): string | null {
+    try {
+      const st = Deno.statSync(this.path);
+      return `${st.ino}:${st.size}:${st.mtime?.getTime()}`;
+    } catch {
+      return null;
+    }
   }
 
   #isoNow(): string {

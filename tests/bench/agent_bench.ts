@@ -11,7 +11,8 @@
  *   (default 600); VmHWM at the end, VmRSS `--after-seconds` (default 60) after the load stops;
  * - Kubernetes: LIST and WATCH requests over the whole run; first change after the API server
  *   returns (`tests/bench/api_recovery.ts`, when present).
- * Then `deno bench` of the steady reconcile pass (tests/bench/reconcile_bench.ts).
+ * First (unless `--quick` or `--no-reconcile`) `deno bench` of tests/bench/ (steady reconcile
+ * pass) and tests/bench/pod_resources_bench.ts.
  *
  * Prints a Markdown table (stdout), or with `--json` ONE JSON object on stdout (everything else
  * on stderr). `--quick` is the smoke configuration CI runs (seconds; figures meaningless).
@@ -32,6 +33,7 @@ import { createFakeNvmlDir, type FakeNvmlDir, makeFakeState } from "../helpers/f
 import {
   type AgentProcess,
   descendants,
+  kubernetesRunArgs,
   REPO_ROOT,
   spawnAgent,
   waitFor,
@@ -317,17 +319,7 @@ async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const spawnedAt = Date.now();
   const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "bench-node",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    `${fake.dir}/proc`,
+    ...kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
     "--nvml-library",
     lib,
     "--state-dir",
@@ -421,16 +413,26 @@ export function benchTable(report: BenchReport): string {
   return `${lines.join("\n")}\n\n${report.date}, Deno ${report.deno}, ${report.machine}`;
 }
 
-/** `deno bench` of the steady reconcile pass; its table goes to `stdout` or stderr. */
-async function reconcileBench(toStderr: boolean): Promise<void> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["bench", "-A", `${REPO_ROOT}/tests/bench/reconcile_bench.ts`],
-    cwd: REPO_ROOT,
-    stdout: toStderr ? "piped" : "inherit",
-    stderr: "inherit",
-  }).output();
-  if (toStderr) await Deno.stderr.write(out.stdout);
-  if (!out.success) throw new Error("deno bench failed");
+/**
+ * The other benchmarks: `deno bench` of tests/bench/ (steady reconcile pass) and the PodResources
+ * client's; their output goes to stdout, or to stderr with `--json`.
+ */
+async function otherBenches(toStderr: boolean): Promise<void> {
+  for (
+    const args of [
+      ["bench", "-A", `${REPO_ROOT}/tests/bench/`],
+      ["run", "-A", `${REPO_ROOT}/tests/bench/pod_resources_bench.ts`],
+    ]
+  ) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: REPO_ROOT,
+      stdout: toStderr ? "piped" : "inherit",
+      stderr: "inherit",
+    }).output();
+    if (toStderr) await Deno.stderr.write(out.stdout);
+    if (!out.success) throw new Error(`deno ${args.join(" ")} failed`);
+  }
 }
 
 function positive(value: string | undefined, fallback: number, name: string): number {
@@ -497,7 +499,7 @@ if (import.meta.main) {
   if (options.fromJson) {
     report = JSON.parse(await Deno.readTextFile(options.fromJson));
   } else {
-    if (options.reconcile) await reconcileBench(options.json);
+    if (options.reconcile) await otherBenches(options.json);
     report = await runBench(options);
   }
   console.log(options.json ? JSON.stringify(report) : benchTable(report));

@@ -6,7 +6,9 @@ import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeFakeState, writeFakeState } from "../helpers/fake_state.ts";
 import { openNvmlGpuControl } from "../../src/nvml/nvml_gpu_control.ts";
 import { loadJournal } from "../../src/state/journal.ts";
-import { gpuViews, observeGpus, reconcilePass } from "../../src/reconcile/pass.ts";
+import { reconcilePass } from "../../src/reconcile/pass.ts";
+import { observeGpus } from "../../src/reconcile/observe.ts";
+import { gpuViews } from "../../src/sources/cap_source.ts";
 import { parseCapsFile } from "../../src/sources/caps_file.ts";
 import { resolveFileCaps } from "../../src/policy/file_rules.ts";
 

@@ -60,3 +60,34 @@ Deno.test("help: overview and per-command, every flag documented with its env va
   }
   assert.ok(FLAGS.every((f) => f.env[0] === envNameFor(f.name)));
 });
+
+Deno.test("pod → GPU mapping flags: defaults, choices, validated socket and resource names", () => {
+  const defaults = parseCommandLine(["run"]).options;
+  assert.equal(defaults.podGpuMapping, "auto");
+  assert.equal(defaults.podResourcesSocket, "/var/lib/kubelet/pod-resources/kubelet.sock");
+  assert.equal(defaults.gpuResourceNames, "nvidia.com/gpu,nvidia.com/mig-*");
+  const p = parseCommandLine([
+    "run",
+    "--pod-gpu-mapping",
+    "pod-resources",
+    "--pod-resources-socket",
+    "/run/kubelet/pod-resources.sock",
+    "--gpu-resource-names",
+    "nvidia.com/gpu.shared",
+  ]);
+  assert.equal(p.options.podGpuMapping, "pod-resources");
+  assert.equal(p.options.podResourcesSocket, "/run/kubelet/pod-resources.sock");
+  assert.equal(p.options.gpuResourceNames, "nvidia.com/gpu.shared");
+  assert.throws(
+    () => parseCommandLine(["run", "--pod-gpu-mapping", "cgroups"]),
+    /--pod-gpu-mapping: expected one of auto, pod-resources, processes/,
+  );
+  assert.throws(
+    () => parseCommandLine(["run", "--pod-resources-socket", "kubelet.sock"]),
+    /--pod-resources-socket: expected an absolute path, got "kubelet.sock"/,
+  );
+  assert.throws(
+    () => parseCommandLine(["run"], { env: envOf({ GPU_POWER_AGENT_GPU_RESOURCE_NAMES: "gpu" }) }),
+    /GPU_POWER_AGENT_GPU_RESOURCE_NAMES: "gpu" is not a resource name/,
+  );
+});

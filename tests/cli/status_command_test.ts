@@ -21,6 +21,8 @@ function status(index: number, overrides: Partial<GpuStatus> = {}): GpuStatus {
     desiredMw: 250_000,
     desiredReason: "caps file default",
     desiredKind: "file",
+    supported: true,
+    enforced: true,
     ...overrides,
   };
 }
@@ -58,4 +60,29 @@ Deno.test("status --json speaks watts and joules, like the metrics", () => {
   assert.equal(j.baselineWatts, 650);
   assert.equal(j.managed, true);
   assert.equal("error" in j, false);
+});
+
+Deno.test("status: an unsupported GPU says so in the table and in JSON, and is not an error", () => {
+  const s = status(2, {
+    supported: false,
+    managed: false,
+    baselineMw: null,
+    appliedMw: null,
+    limitMw: null,
+    enforcedMw: null,
+    minMw: null,
+    maxMw: null,
+    defaultMw: null,
+    enforced: null,
+  });
+  const table = formatStatusTable([status(0), s]);
+  assert.match(table.split("\n")[2], /GPU-2 .* - {2,}unsupported$/);
+  assert.doesNotMatch(table, /---/);
+  assert.doesNotMatch(table, /error/);
+  const json = statusToJson(s);
+  assert.equal(json.unsupported, true);
+  assert.equal(json.powerLimitSupported, false);
+  assert.equal(json.enforced, null);
+  assert.equal(statusToJson(status(0)).unsupported, undefined);
+  assert.equal(statusToJson(status(0)).enforced, true);
 });

@@ -135,9 +135,10 @@ Deno.test("the unit runs the binary with the paths baked into it", async () => {
   deepStrictEqual(unit.get("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
   deepStrictEqual(unit.get("Restart"), ["on-failure"]);
   deepStrictEqual(unit.get("StateDirectory"), ["gpu-power-agent"]);
-  deepStrictEqual(unit.get("ConfigurationDirectory"), ["gpu-power-agent"]);
+  // ConfigurationDirectory= would make /etc/gpu-power-agent writable for the agent.
+  equal(unit.get("ConfigurationDirectory"), undefined);
   equal(`/var/lib/${unit.get("StateDirectory")![0]}`, SYSTEMD_LAYOUT.stateDir);
-  equal(`/etc/${unit.get("ConfigurationDirectory")![0]}`, SYSTEMD_LAYOUT.configDir);
+  equal(SYSTEMD_LAYOUT.capsFile.startsWith(`${SYSTEMD_LAYOUT.configDir}/`), true);
   deepStrictEqual(unit.get("CapabilityBoundingSet"), ["CAP_SYS_ADMIN"]);
   // MemoryDenyWriteExecute=yes only works because the binary runs V8 without its JIT.
   deepStrictEqual(unit.get("MemoryDenyWriteExecute"), ["yes"]);

@@ -161,7 +161,11 @@ Deno.test("status --json and check report the host's GPUs", async () => {
 
   const check = await runAgent(["check", "--caps-file", s.capsPath, ...s.common], { env: s.env });
   assert.equal(check.code, 0, check.stderr);
-  assert.match(check.stdout, /GPU 0 .*→ 700 W .*clamped down/);
+  assert.match(
+    check.stdout,
+    /GPU 0 .*: keep 700 W .*clamped down to the GPU maximum 700 W; already in place/,
+  );
+  assert.match(check.stdout, /GPU 1 .*: would set 600 W → 700 W .*clamped down/);
   assert.equal(s.fake.readLog().length, 0, "check never sets a limit");
 
   const table = await runAgent(["status", ...s.common], { env: s.env });

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
-import { spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
@@ -50,17 +50,7 @@ Deno.test("kubernetes mode: annotate → cap, change → new cap, API down → k
 
   const limits = () => readFakeState(statePath).gpus.map((g) => g.limitMw);
   const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "gpu-node-1",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    proc,
+    ...kubernetesRunArgs({ kubeconfig: kubeconfig, nodeName: "gpu-node-1", procRoot: proc }),
     "--nvml-library",
     lib,
     "--state-dir",

@@ -158,3 +158,29 @@ export function descendants(pid: number): number[] {
   walk(pid);
   return out;
 }
+
+/** Options of {@linkcode kubernetesRunArgs}. */
+export interface KubernetesRunArgsOptions {
+  kubeconfig: string;
+  nodeName: string;
+  procRoot: string;
+  /** Default 500. */
+  safeDefaultWatts?: number;
+}
+
+/** `run --source kubernetes …` with the flags every Kubernetes-mode test needs. */
+export function kubernetesRunArgs(options: KubernetesRunArgsOptions): string[] {
+  return [
+    "run",
+    "--source",
+    "kubernetes",
+    "--kubeconfig",
+    options.kubeconfig,
+    "--node-name",
+    options.nodeName,
+    "--safe-default-watts",
+    String(options.safeDefaultWatts ?? 500),
+    "--proc-root",
+    options.procRoot,
+  ];
+}

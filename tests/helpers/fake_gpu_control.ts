@@ -2,9 +2,11 @@
  * In-memory `GpuControl` for tests of the reconciler, sources and CLI: no FFI, no files.
  *
  * It mimics the driver where it matters: out-of-range `setLimit` fails with INVALID_ARGUMENT,
- * errors carry `fn`/`code`/`codeName`/`gpu`/`hint` like `NvmlError`, and every call is counted so
- * tests can assert that a steady-state pass writes nothing.
+ * failures throw the real `NvmlError` (src/nvml/errors.ts), and every call is counted so tests
+ * can assert that a steady-state pass writes nothing.
  */
+import { NvmlError } from "../../src/nvml/errors.ts";
+import { NvmlReturn } from "../../src/nvml/return_codes.ts";
 import type {
   GpuControl,
   GpuIdentity,
@@ -13,7 +15,12 @@ import type {
 } from "../../src/nvml/gpu_control.ts";
 
 /** Methods of the fake that can be made to fail. */
-export type FakeGpuMethod = "readLimits" | "readSample" | "setLimit" | "computePids";
+export type FakeGpuMethod =
+  | "readLimits"
+  | "readSample"
+  | "setLimit"
+  | "computePids"
+  | "migDeviceUuids";
 
 /** Description of one simulated GPU; omitted fields get H100-like defaults. */
 export interface FakeGpuSpec {
@@ -32,6 +39,8 @@ export interface FakeGpuSpec {
   drawMw?: number | null;
   energyMj?: number | null;
   pids?: number[];
+  /** UUIDs of the GPU's MIG devices (default none: MIG off). */
+  migDeviceUuids?: string[];
 }
 
 /** One successful `setLimit` call. */
@@ -52,49 +61,14 @@ export const FAKE_NVML_FUNCTIONS: Readonly<Record<FakeGpuMethod, string>> = Obje
   readSample: "nvmlDeviceGetPowerUsage",
   setLimit: "nvmlDeviceSetPowerManagementLimit",
   computePids: "nvmlDeviceGetComputeRunningProcesses_v3",
+  migDeviceUuids: "nvmlDeviceGetMigDeviceHandleByIndex",
 });
 
-const CODES: Readonly<Record<string, number>> = Object.freeze({
-  UNINITIALIZED: 1,
-  INVALID_ARGUMENT: 2,
-  NOT_SUPPORTED: 3,
-  NO_PERMISSION: 4,
-  NOT_FOUND: 6,
-  INSUFFICIENT_SIZE: 7,
-  TIMEOUT: 10,
-  GPU_IS_LOST: 15,
-  UNKNOWN: 999,
-});
-
-const HINTS: Readonly<Record<string, string>> = Object.freeze({
-  INVALID_ARGUMENT: "the value is outside the GPU's min/max power limit constraints",
-  NOT_SUPPORTED: "this GPU does not support the operation",
-  NO_PERMISSION: "run as root or with CAP_SYS_ADMIN",
-  GPU_IS_LOST: "the GPU fell off the bus; check dmesg and reset the GPU or reboot",
-  TIMEOUT: "the driver did not answer in time; retry later",
-  UNKNOWN: "unexpected driver error; check dmesg",
-});
-
-/** Error with the same shape as `NvmlError` (src/nvml/errors.ts). */
-export class FakeNvmlError extends Error {
-  readonly fn: string;
-  readonly code: number;
-  readonly codeName: string;
-  readonly gpu?: string;
-  readonly hint?: string;
-
-  constructor(fn: string, codeName: string, gpu?: string) {
-    const hint = HINTS[codeName];
-    super(
-      `NVML ${fn} failed on GPU ${gpu ?? "?"}: ${codeName}${hint ? ` (${hint})` : ""}`,
-    );
-    this.name = "NvmlError";
-    this.fn = fn;
-    this.code = CODES[codeName] ?? 999;
-    this.codeName = codeName;
-    this.gpu = gpu;
-    this.hint = hint;
-  }
+/** The real `NvmlError` for an NVML code name, as the binding would throw it. */
+function nvmlError(fn: string, codeName: string, gpu?: string): NvmlError {
+  const code = (NvmlReturn as Record<string, number>)[codeName];
+  if (code === undefined) throw new Error(`fake GPU: unknown NVML code ${codeName}`);
+  return new NvmlError(fn, code, gpu === undefined ? {} : { gpu });
 }
 
 interface FakeGpuState {
@@ -107,6 +81,7 @@ interface FakeGpuState {
   drawMw: number | null;
   energyMj: number | null;
   pids: number[];
+  migDeviceUuids: string[];
   ignoreSets: boolean;
 }
 
@@ -145,6 +120,7 @@ export class FakeGpuControl implements GpuControl {
     readSample: 0,
     setLimit: 0,
     computePids: 0,
+    migDeviceUuids: 0,
   };
   #gpus: FakeGpuState[] = [];
   #failures = new Map<string, Failure>();
@@ -174,7 +150,7 @@ export class FakeGpuControl implements GpuControl {
   listGpus(): GpuIdentity[] {
     this.calls.listGpus++;
     if (this.#listFailure) {
-      throw new FakeNvmlError("nvmlDeviceGetCount_v2", this.#listFailure);
+      throw nvmlError("nvmlDeviceGetCount_v2", this.#listFailure);
     }
     return this.#gpus.map((g) => ({ ...g.identity }));
   }
@@ -201,7 +177,7 @@ export class FakeGpuControl implements GpuControl {
     this.calls.setLimit++;
     const g = this.#check(index, "setLimit");
     if (!Number.isInteger(mw) || mw < g.minMw || mw > g.maxMw) {
-      throw new FakeNvmlError(FAKE_NVML_FUNCTIONS.setLimit, "INVALID_ARGUMENT", g.identity.uuid);
+      throw nvmlError(FAKE_NVML_FUNCTIONS.setLimit, "INVALID_ARGUMENT", g.identity.uuid);
     }
     if (!g.ignoreSets) g.limitMw = mw;
     this.writes.push({ index, mw });
@@ -210,6 +186,11 @@ export class FakeGpuControl implements GpuControl {
   computePids(index: number): number[] {
     this.calls.computePids++;
     return [...this.#check(index, "computePids").pids];
+  }
+
+  migDeviceUuids(index: number): string[] {
+    this.calls.migDeviceUuids++;
+    return [...this.#check(index, "migDeviceUuids").migDeviceUuids];
   }
 
   close(): void {
@@ -265,6 +246,11 @@ export class FakeGpuControl implements GpuControl {
     this.#state(index).pids = [...pids];
   }
 
+  /** Replace the MIG device UUIDs of GPU `index` (empty: MIG off). */
+  setMigDeviceUuids(index: number, uuids: string[]): void {
+    this.#state(index).migDeviceUuids = [...uuids];
+  }
+
   /** Change power draw / energy of GPU `index`. */
   setSample(index: number, sample: Partial<PowerSample>): void {
     const g = this.#state(index);
@@ -296,6 +282,7 @@ export class FakeGpuControl implements GpuControl {
       drawMw: spec.drawMw === undefined ? 95_000 : spec.drawMw,
       energyMj: spec.energyMj === undefined ? 0 : spec.energyMj,
       pids: [...(spec.pids ?? [])],
+      migDeviceUuids: [...(spec.migDeviceUuids ?? [])],
       ignoreSets: false,
     });
     this.#gpus.sort((a, b) => a.identity.index - b.identity.index);
@@ -321,11 +308,11 @@ export class FakeGpuControl implements GpuControl {
   #check(index: number, method: FakeGpuMethod): FakeGpuState {
     const fn = FAKE_NVML_FUNCTIONS[method];
     const g = this.#gpus.find((s) => s.identity.index === index);
-    if (!g) throw new FakeNvmlError(fn, "NOT_FOUND", `index ${index}`);
+    if (!g) throw nvmlError(fn, "NOT_FOUND", `index ${index}`);
     const failure = this.#failures.get(`${index}:${method}`);
     if (failure && failure.remaining > 0) {
       failure.remaining--;
-      throw new FakeNvmlError(fn, failure.codeName, g.identity.uuid);
+      throw nvmlError(fn, failure.codeName, g.identity.uuid);
     }
     return g;
   }

@@ -1,7 +1,9 @@
 /**
  * An in-test Kubernetes API server (Deno.serve on 127.0.0.1) with just what the agent uses:
  * pods LIST/WATCH (cluster-wide and namespaced, fieldSelector, resourceVersion, chunked
- * `watch=true` streams with ADDED/MODIFIED/DELETED/BOOKMARK/ERROR 410) and Event creation.
+ * `watch=true` streams with ADDED/MODIFIED/DELETED/BOOKMARK/ERROR 410), nodes LIST/WATCH the same
+ * way (`/api/v1/nodes`, fieldSelector `metadata.name`; `addNode`/`setNodeAnnotation` change them)
+ * and Event creation.
  * Bearer-token auth, fault switches, and request counters so tests can assert "one LIST then
  * one WATCH". All traffic stays on 127.0.0.1.
  */
@@ -23,6 +25,19 @@ export interface FakePod {
   status: { phase?: string; [key: string]: unknown };
 }
 
+/** A node as the fake stores it (metadata only: what the agent reads). */
+export interface FakeNode {
+  apiVersion?: string;
+  kind?: string;
+  metadata: {
+    name: string;
+    uid: string;
+    resourceVersion?: string;
+    annotations?: Record<string, string>;
+    labels?: Record<string, string>;
+  };
+}
+
 /** What `addPod` needs; uid, phase and node get defaults. */
 export interface FakePodInput {
   name: string;
@@ -41,6 +56,9 @@ export interface FaultSwitches {
   list?: Fault;
   watch?: Fault;
   events?: Fault;
+  /** Node LIST and WATCH (pods' `list`/`watch` switches do not apply to nodes). */
+  nodeList?: Fault;
+  nodeWatch?: Fault;
 }
 
 /** One request the fake received. */
@@ -49,6 +67,8 @@ export interface RecordedRequest {
   path: string;
   query: Record<string, string>;
   kind: "list" | "watch" | "event" | "other";
+  /** `pods` or `nodes` for list/watch requests. */
+  resource?: Resource;
   /** Status answered (0 while a watch/hang is still open). */
   status: number;
 }
@@ -57,6 +77,11 @@ export interface RecordedRequest {
 export interface FakeApiServerOptions {
   /** Bearer token clients must send (default `test-token`). */
   token?: string;
+  /**
+   * `false`: accept requests without a bearer token (a TLS front in the test authenticates
+   * them by client certificate). Default true.
+   */
+  requireToken?: boolean;
   /** Port to listen on (default: any free port). */
   port?: number;
   /** Node name used by `addPod` when the input has none (default `node-a`). */
@@ -65,10 +90,15 @@ export interface FakeApiServerOptions {
   goneAs?: "event" | "http";
   /** Namespaced RBAC: cluster-wide pod requests answer 403; only this namespace is allowed. */
   rbacNamespace?: string;
+  /** RBAC without nodes: node requests answer 403. */
+  nodesForbidden?: boolean;
 }
+
+type Resource = "pods" | "nodes";
 
 interface Watcher {
   id: number;
+  resource: Resource;
   namespace?: string;
   selector: Selector;
   bookmarks: boolean;
@@ -80,7 +110,8 @@ interface Watcher {
 interface HistoryEntry {
   rv: number;
   type: "ADDED" | "MODIFIED" | "DELETED";
-  pod: FakePod;
+  resource: Resource;
+  pod: FakePod | FakeNode;
 }
 
 type Selector = Array<[string, string]>;
@@ -101,7 +132,9 @@ function parseSelector(text: string | null): Selector {
   });
 }
 
-function fieldOf(pod: FakePod, key: string): string | undefined {
+function fieldOf(object: FakePod | FakeNode, key: string): string | undefined {
+  if (!("spec" in object)) return key === "metadata.name" ? object.metadata.name : undefined;
+  const pod = object;
   switch (key) {
     case "spec.nodeName":
       return pod.spec.nodeName ?? "";
@@ -116,9 +149,11 @@ function fieldOf(pod: FakePod, key: string): string | undefined {
   }
 }
 
-function matches(pod: FakePod, selector: Selector, namespace?: string): boolean {
-  if (namespace !== undefined && pod.metadata.namespace !== namespace) return false;
-  return selector.every(([key, value]) => fieldOf(pod, key) === value);
+function matches(object: FakePod | FakeNode, selector: Selector, namespace?: string): boolean {
+  if (namespace !== undefined && "namespace" in object.metadata) {
+    if (object.metadata.namespace !== namespace) return false;
+  }
+  return selector.every(([key, value]) => fieldOf(object, key) === value);
 }
 
 function statusBody(code: number, reason: string, message: string): string {
@@ -145,12 +180,22 @@ const REASONS: Record<number, string> = {
 /** A running fake API server. */
 export class FakeApiServer {
   /** Requests so far by kind. `activeWatches` is the number of open watch streams now. */
-  readonly counters = { lists: 0, watches: 0, events: 0, requests: 0, unauthorized: 0 };
+  /** `lists`/`watches` count pod requests; `nodeLists`/`nodeWatches` node requests. */
+  readonly counters = {
+    lists: 0,
+    watches: 0,
+    nodeLists: 0,
+    nodeWatches: 0,
+    events: 0,
+    requests: 0,
+    unauthorized: 0,
+  };
   /** Every request, in order. */
   readonly requests: RecordedRequest[] = [];
   /** Bodies of created Events, in order. */
   readonly events: Array<Record<string, unknown>> = [];
-  readonly token: string;
+  /** Bearer token clients must send; a test may change it (token rotation). */
+  token: string;
   /** Node used by `addPod` when none is given. */
   readonly defaultNodeName: string;
 
@@ -160,6 +205,7 @@ export class FakeApiServer {
   #rv = 1000;
   #compactedRv = 0;
   #pods = new Map<string, FakePod>();
+  #nodes = new Map<string, FakeNode>();
   #history: HistoryEntry[] = [];
   #watchers = new Set<Watcher>();
   #hanging = new Set<() => void>();
@@ -239,7 +285,12 @@ export class FakeApiServer {
     this.#options = { ...this.#options, rbacNamespace: namespace };
   }
 
-  /** Write a kubeconfig pointing at this server (http + bearer token); returns its path. */
+  /** RBAC without (true) or with (false) read access to nodes. */
+  setNodesForbidden(forbidden: boolean): void {
+    this.#options = { ...this.#options, nodesForbidden: forbidden };
+  }
+
+  /** Write a kubeconfig pointing at this server (plain http + bearer token); returns its path. */
   async writeKubeconfig(dir: string, options: { token?: string } = {}): Promise<string> {
     const path = `${dir}/kubeconfig`;
     const config = {
@@ -247,7 +298,7 @@ export class FakeApiServer {
       kind: "Config",
       clusters: [{
         name: "fake",
-        cluster: { server: this.url, "insecure-skip-tls-verify": true },
+        cluster: { server: this.url },
       }],
       users: [{ name: "agent", user: { token: options.token ?? this.token } }],
       contexts: [{ name: "fake", context: { cluster: "fake", user: "agent" } }],
@@ -321,6 +372,49 @@ export class FakeApiServer {
     this.#record("DELETED", pod);
   }
 
+  /** A node by name (a copy), or undefined. */
+  getNode(name: string): FakeNode | undefined {
+    const node = this.#nodes.get(name);
+    return node ? clone(node) : undefined;
+  }
+
+  /** Create a node (ADDED). Returns a copy with uid and resourceVersion. */
+  addNode(name: string, options: { annotations?: Record<string, string> } = {}): FakeNode {
+    if (this.#nodes.has(name)) throw new Error(`fake node ${name} already exists`);
+    const n = ++this.#uidCounter;
+    const node: FakeNode = {
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: {
+        name,
+        uid: `00000000-0000-4000-9000-${n.toString(16).padStart(12, "0")}`,
+        annotations: options.annotations ? { ...options.annotations } : undefined,
+      },
+    };
+    this.#nodes.set(name, node);
+    this.#record("ADDED", node, "nodes");
+    return clone(node);
+  }
+
+  /** Set (string) or remove (undefined) one annotation of a node (MODIFIED). */
+  setNodeAnnotation(name: string, key: string, value: string | undefined): void {
+    const node = this.#nodes.get(name);
+    if (!node) throw new Error(`fake node ${name} not found`);
+    const annotations = { ...(node.metadata.annotations ?? {}) };
+    if (value === undefined) delete annotations[key];
+    else annotations[key] = value;
+    node.metadata.annotations = annotations;
+    this.#record("MODIFIED", node, "nodes");
+  }
+
+  /** Delete a node (DELETED). */
+  deleteNode(name: string): void {
+    const node = this.#nodes.get(name);
+    if (!node) throw new Error(`fake node ${name} not found`);
+    this.#nodes.delete(name);
+    this.#record("DELETED", node, "nodes");
+  }
+
   /** Send a BOOKMARK with the current resourceVersion to watches that asked for bookmarks. */
   bookmark(): void {
     for (const w of this.#watchers) {
@@ -328,7 +422,7 @@ export class FakeApiServer {
       this.#send(w, {
         type: "BOOKMARK",
         object: {
-          kind: "Pod",
+          kind: w.resource === "nodes" ? "Node" : "Pod",
           apiVersion: "v1",
           metadata: {
             resourceVersion: String(this.#rv),
@@ -376,13 +470,13 @@ export class FakeApiServer {
     for (const w of [...this.#watchers]) this.#closeWatcher(w);
   }
 
-  #record(type: HistoryEntry["type"], pod: FakePod): void {
+  #record(type: HistoryEntry["type"], pod: FakePod | FakeNode, resource: Resource = "pods"): void {
     this.#rv++;
     pod.metadata.resourceVersion = String(this.#rv);
     const snapshot = clone(pod);
-    this.#history.push({ rv: this.#rv, type, pod: snapshot });
+    this.#history.push({ rv: this.#rv, type, resource, pod: snapshot });
     for (const w of this.#watchers) {
-      if (matches(snapshot, w.selector, w.namespace)) {
+      if (w.resource === resource && matches(snapshot, w.selector, w.namespace)) {
         this.#send(w, { type, object: snapshot });
       }
     }
@@ -412,14 +506,21 @@ export class FakeApiServer {
   async #handle(request: Request): Promise<Response> {
     const url = new URL(request.url);
     const query = Object.fromEntries(url.searchParams);
-    const m = /^\/api\/v1\/(?:namespaces\/([^/]+)\/)?(pods|events)$/.exec(url.pathname);
+    const m = /^\/api\/v1\/(?:namespaces\/([^/]+)\/)?(pods|events)$|^\/api\/v1\/(nodes)$/.exec(
+      url.pathname,
+    );
     const isWatch = url.searchParams.get("watch") === "true" ||
       url.searchParams.get("watch") === "1";
+    const resource: Resource | undefined = m?.[3] === "nodes"
+      ? "nodes"
+      : m?.[2] === "pods"
+      ? "pods"
+      : undefined;
     const kind: RecordedRequest["kind"] = !m
       ? "other"
       : m[2] === "events" && request.method === "POST"
       ? "event"
-      : m[2] === "pods" && request.method === "GET"
+      : resource !== undefined && request.method === "GET"
       ? (isWatch ? "watch" : "list")
       : "other";
     const record: RecordedRequest = {
@@ -429,10 +530,12 @@ export class FakeApiServer {
       kind,
       status: 0,
     };
+    if (resource !== undefined && kind !== "other") record.resource = resource;
     this.requests.push(record);
     this.counters.requests++;
-    if (kind === "list") this.counters.lists++;
-    if (kind === "watch") this.counters.watches++;
+    const nodes = resource === "nodes";
+    if (kind === "list") this.counters[nodes ? "nodeLists" : "lists"]++;
+    if (kind === "watch") this.counters[nodes ? "nodeWatches" : "watches"]++;
     if (kind === "event") this.counters.events++;
     const respond = (status: number, body: string, headers: HeadersInit = {}) => {
       record.status = status;
@@ -444,16 +547,19 @@ export class FakeApiServer {
     const fail = (code: number, message: string) =>
       respond(code, statusBody(code, REASONS[code] ?? "Unknown", message));
 
-    if (request.headers.get("authorization") !== `Bearer ${this.token}`) {
+    const authorization = request.headers.get("authorization");
+    if (this.#options.requireToken === false && authorization === null) {
+      // Authenticated by the TLS front (client certificate).
+    } else if (authorization !== `Bearer ${this.token}`) {
       this.counters.unauthorized++;
       return fail(401, "Unauthorized");
     }
     if (kind === "other") return fail(404, `the server could not find ${url.pathname}`);
 
     const fault = kind === "list"
-      ? this.#faults.list
+      ? (nodes ? this.#faults.nodeList : this.#faults.list)
       : kind === "watch"
-      ? this.#faults.watch
+      ? (nodes ? this.#faults.nodeWatch : this.#faults.watch)
       : this.#faults.events;
     if (fault === "hang") {
       await new Promise<void>((resolve) => {
@@ -480,7 +586,14 @@ export class FakeApiServer {
 
     const namespace = m![1] ? decodeURIComponent(m![1]) : undefined;
     const rbac = this.#options.rbacNamespace;
-    if (rbac !== undefined && namespace !== rbac) {
+    if (nodes && this.#options.nodesForbidden) {
+      return fail(
+        403,
+        'nodes is forbidden: User "system:serviceaccount:gpu-power-agent:agent" cannot ' +
+          `${kind} resource "nodes" in API group "" at the cluster scope`,
+      );
+    }
+    if (!nodes && rbac !== undefined && namespace !== rbac) {
       return fail(
         403,
         `pods is forbidden: User "system:serviceaccount:${rbac}:agent" cannot list resource ` +
@@ -498,23 +611,31 @@ export class FakeApiServer {
 
     const selector = parseSelector(url.searchParams.get("fieldSelector"));
     if (kind === "list") {
-      const items = [...this.#pods.values()].filter((p) => matches(p, selector, namespace));
+      const all: Array<FakePod | FakeNode> = nodes
+        ? [...this.#nodes.values()]
+        : [...this.#pods.values()];
+      const items = all.filter((p) => matches(p, selector, namespace));
       return respond(
         200,
         JSON.stringify({
-          kind: "PodList",
+          kind: nodes ? "NodeList" : "PodList",
           apiVersion: "v1",
           metadata: { resourceVersion: String(this.#rv) },
           items,
         }),
       );
     }
-    return this.#watch(request, { namespace, selector, record });
+    return this.#watch(request, { namespace, selector, record, resource: resource! });
   }
 
   #watch(
     request: Request,
-    options: { namespace?: string; selector: Selector; record: RecordedRequest },
+    options: {
+      namespace?: string;
+      selector: Selector;
+      record: RecordedRequest;
+      resource: Resource;
+    },
   ): Response {
     const url = new URL(request.url);
     const rvParam = url.searchParams.get("resourceVersion");
@@ -533,6 +654,7 @@ export class FakeApiServer {
       start: (controller) => {
         watcher = {
           id: this.#nextId++,
+          resource: options.resource,
           namespace: options.namespace,
           selector: options.selector,
           bookmarks: url.searchParams.get("allowWatchBookmarks") === "true",
@@ -550,14 +672,18 @@ export class FakeApiServer {
         }
         this.#watchers.add(watcher);
         if (fromRv === null) {
-          for (const pod of this.#pods.values()) {
+          const current = options.resource === "nodes" ? this.#nodes : this.#pods;
+          for (const pod of current.values()) {
             if (matches(pod, options.selector, options.namespace)) {
               this.#send(watcher, { type: "ADDED", object: clone(pod) });
             }
           }
         } else {
           for (const entry of this.#history) {
-            if (entry.rv > fromRv && matches(entry.pod, options.selector, options.namespace)) {
+            if (
+              entry.rv > fromRv && entry.resource === options.resource &&
+              matches(entry.pod, options.selector, options.namespace)
+            ) {
               this.#send(watcher, { type: entry.type, object: clone(entry.pod) });
             }
           }

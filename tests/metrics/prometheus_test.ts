@@ -26,6 +26,8 @@ function gpu(index: number, overrides: Partial<GpuStatusLike> = {}): GpuStatusLi
     managed: false,
     baselineMw: null,
     desiredMw: null,
+    supported: true,
+    enforced: null,
     ...overrides,
   };
 }
@@ -248,6 +250,26 @@ Deno.test("a throwing status callback drops per-GPU series but the scrape succee
   assert.equal(sampleValue(text, `${P}build_info`), 1);
 });
 
+Deno.test("node power budget gauges: absent without a budget, watts, 0/1 over budget", async () => {
+  const t = telemetry();
+  const names = ["budget_watts", "allocated_watts", "over_budget"].map((n) =>
+    `${P}node_power_${n}`
+  );
+  const values = async () => {
+    const text = await t.metrics();
+    return names.map((name) => sampleValue(text, name));
+  };
+  assert.deepEqual(await values(), [undefined, undefined, undefined]);
+  t.budgetAllocated({ budgetMw: 4_000_000, allocatedMw: 4_000_000, overBudget: false });
+  assert.deepEqual(await values(), [4000, 4000, 0]);
+  t.budgetAllocated({ budgetMw: 1_000_500, allocatedMw: 1_600_000, overBudget: true });
+  assert.deepEqual(await values(), [1000.5, 1600, 1]);
+  t.budgetAllocated({ budgetMw: null, allocatedMw: 1_600_000, overBudget: false });
+  assert.deepEqual(await values(), [undefined, undefined, undefined]);
+  t.budgetAllocated({ budgetMw: 2_000_000, allocatedMw: Number.NaN, overBudget: false });
+  assert.deepEqual(await values(), [2000, undefined, 0]);
+});
+
 Deno.test("telemetry methods never throw on odd input", async () => {
   const t = telemetry();
   t.reactionLatency(Number.NaN);
@@ -308,7 +330,9 @@ Deno.test("promtool check metrics reports no problems on the full output", async
   t.configReload("success");
   t.reconcileCompleted({ durationSeconds: 0.004, ok: true, atMs: Date.now() });
   t.reactionLatency(0.2);
+  t.budgetAllocated({ budgetMw: 4_000_000, allocatedMw: 3_999_999, overBudget: false });
   const text = await t.metrics();
+  assert.equal(sampleValue(text, `${P}node_power_budget_watts`), 4000);
   const { code, output } = await promtoolCheck(text);
   assert.equal(output, "", `promtool output:\n${output}`);
   assert.equal(code, 0);

@@ -26,6 +26,8 @@ function status(index: number, limitMw: number): GpuStatusLike {
     managed: limitMw !== 700_000,
     baselineMw: limitMw !== 700_000 ? 700_000 : null,
     desiredMw: limitMw !== 700_000 ? limitMw : null,
+    supported: true,
+    enforced: limitMw !== 700_000 ? true : null,
   };
 }
 
@@ -38,7 +40,10 @@ async function withServer(
   ) => Promise<void>,
 ): Promise<void> {
   const state = {
-    readiness: { ready: false, reason: "no successful reconcile yet" } as Readiness,
+    readiness: {
+      ready: false,
+      reason: "no reconcile pass with known desired caps yet",
+    } as Readiness,
     statuses: [] as GpuStatusLike[],
   };
   const telemetry = createPrometheusTelemetry({
@@ -104,7 +109,7 @@ Deno.test("/healthz is 200 ok; /readyz flips between 503 with the reason and 200
 
     let ready = await get(`${base}/readyz`);
     assert.equal(ready.status, 503);
-    assert.equal(ready.body, "not ready: no successful reconcile yet\n");
+    assert.equal(ready.body, "not ready: no reconcile pass with known desired caps yet\n");
 
     state.readiness = { ready: true };
     ready = await get(`${base}/readyz`);

@@ -305,6 +305,37 @@ Deno.test("MIG mode NOT_SUPPORTED means no MIG", async () => {
   });
 });
 
+Deno.test("MIG device UUIDs: slot order, empty slots skipped, none without MIG", async () => {
+  const state = makeFakeState(2);
+  state.gpus[0].migDevices = [
+    { uuid: "MIG-11111111-1111-1111-1111-111111111111" },
+    null,
+    { uuid: "MIG-22222222-2222-2222-2222-222222222222" },
+  ];
+  await withControl(state, (control) => {
+    assert.deepEqual(control.migDeviceUuids(0), [
+      "MIG-11111111-1111-1111-1111-111111111111",
+      "MIG-22222222-2222-2222-2222-222222222222",
+    ]);
+    assert.deepEqual(control.migDeviceUuids(1), [], "MIG off");
+  });
+});
+
+Deno.test("MIG device UUIDs: NOT_SUPPORTED is none, a failing MIG query names the GPU", async () => {
+  const state = makeFakeState(2);
+  state.gpus[0].fail = { nvmlDeviceGetMigMode: 3 };
+  state.gpus[0].migDevices = [{ uuid: "MIG-a" }];
+  state.gpus[1].migDevices = [{ uuid: "MIG-b", fail: { nvmlDeviceGetUUID: 15 } }];
+  await withControl(state, (control) => {
+    assert.deepEqual(control.migDeviceUuids(0), []);
+    assertNvmlError(() => control.migDeviceUuids(1), {
+      fn: "nvmlDeviceGetUUID",
+      codeName: "GPU_IS_LOST",
+      gpu: "GPU-00000000-0000-0000-0000-000000000001",
+    });
+  });
+});
+
 Deno.test("v1-only library: falls back to nvmlDeviceGetComputeRunningProcesses (16-byte structs)", async () => {
   const state = makeFakeState(1);
   state.gpus[0].processes = [{ pid: 101, usedGpuMemory: 2 ** 40 }, { pid: 102 }, { pid: 103 }];
@@ -327,6 +358,7 @@ Deno.test("no-mig library: missing MIG symbols mean parent processes only", asyn
     assert.equal(capabilities.mig, false);
     assert.equal(capabilities.processFunction, "nvmlDeviceGetComputeRunningProcesses_v3");
     assert.deepEqual(control.computePids(0), [5]);
+    assert.deepEqual(control.migDeviceUuids(0), []);
     control.setLimit(0, 250000);
     assert.equal(control.readLimits(0).limitMw, 250000);
   }, { variant: "no-mig" });

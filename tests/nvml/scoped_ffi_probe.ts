@@ -32,6 +32,7 @@ if (import.meta.main) {
       after: control.readLimits(0),
       sample: control.readSample(0),
       pids: control.computePids(0),
+      migDeviceUuids: control.migDeviceUuids(0),
       capabilities: control.capabilities(),
       unsafePointerError: unsafePointerError(),
     }));

@@ -32,6 +32,7 @@ Deno.test("works under scoped --allow-ffi=<abs .so path> with no other permissio
     assert.equal(result.after.limitMw, 300000);
     assert.deepEqual(result.sample, { drawMw: 95000, energyMj: 0 });
     assert.deepEqual(result.pids, [7, 4242]);
+    assert.deepEqual(result.migDeviceUuids, ["MIG-a"]);
     assert.equal(result.capabilities.processFunction, "nvmlDeviceGetComputeRunningProcesses_v3");
     // The reason the binding never touches pointers:
     assert.equal(result.unsafePointerError, "NotCapable");

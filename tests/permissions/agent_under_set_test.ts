@@ -7,6 +7,7 @@ import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { MAIN_MODULE } from "../../src/permissions/launch.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { kubernetesRunArgs } from "../helpers/agent_process.ts";
 import { runDeno, shippedSets } from "./shipped_sets.ts";
 
 const W = 1000;
@@ -98,17 +99,11 @@ Deno.test("kubernetes mode: a pod's cap is applied and restored under the contai
       args: [
         ...set.runArgs,
         MAIN_MODULE,
-        "run",
-        "--source",
-        "kubernetes",
-        "--kubeconfig",
-        kubeconfig,
-        "--node-name",
-        "node-a",
-        "--safe-default-watts",
-        "500",
-        "--proc-root",
-        set.procRoot,
+        ...kubernetesRunArgs({
+          kubeconfig: kubeconfig,
+          nodeName: "node-a",
+          procRoot: set.procRoot,
+        }),
         "--state-dir",
         set.stateDir,
         "--nvml-library",

@@ -1,9 +1,11 @@
 import { deepStrictEqual, rejects, throws } from "node:assert/strict";
 import {
+  inClusterHostPort,
   kubeconfigAccess,
   KubeconfigAccessError,
   serverHostPort,
 } from "../../src/permissions/kubeconfig_access.ts";
+import { kubeconfigText } from "../helpers/kubeconfig_text.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await Deno.makeTempDir({ prefix: "gpa-kubeconfig-" });
@@ -94,4 +96,42 @@ Deno.test("exec plugins, missing contexts and unreadable files are clear errors"
     await rejects(kubeconfigAccess([`${dir}/none`]), /no usable current-context/);
     await rejects(kubeconfigAccess([`${dir}/missing`]), /Cannot read kubeconfig .*missing/);
   });
+});
+
+Deno.test("the launcher refuses what the agent's loader refuses, with the same message", async () => {
+  await withDir(async (dir) => {
+    const write = async (name: string, cluster: object, user: object) => {
+      await Deno.writeTextFile(
+        `${dir}/${name}`,
+        kubeconfigText({
+          cluster: { server: "https://a.example:6443", ...cluster },
+          user: { ...user },
+        }),
+      );
+      return [`${dir}/${name}`];
+    };
+    await rejects(
+      kubeconfigAccess(await write("basic", {}, { username: "u", password: "p" })),
+      (error) => error instanceof KubeconfigAccessError && /basic auth/.test(error.message),
+    );
+    await rejects(
+      kubeconfigAccess(await write("insecure", { "insecure-skip-tls-verify": true }, {})),
+      /insecure-skip-tls-verify is not supported/,
+    );
+    // Inline (-data) material needs no read permission: only the kubeconfig itself.
+    deepStrictEqual(
+      await kubeconfigAccess(
+        await write("inline", { "certificate-authority-data": btoa("CA") }, {
+          "client-certificate-data": btoa("C"),
+          "client-key-data": btoa("K"),
+        }),
+      ),
+      { files: [], servers: ["a.example:6443"] },
+    );
+  });
+});
+
+Deno.test("in-cluster API server address as the agent's loader builds it (IPv6 bracketed)", () => {
+  deepStrictEqual(inClusterHostPort("10.96.0.1", "443"), "10.96.0.1:443");
+  deepStrictEqual(inClusterHostPort("fd00:10:96::1", "443"), "[fd00:10:96::1]:443");
 });

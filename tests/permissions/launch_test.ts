@@ -159,21 +159,33 @@ Deno.test("kubernetes mode: API server from the kubeconfig and from the in-clust
         users: [{ name: "u", user: { token: "t" } }],
       }),
     );
-    const p = await plan([
-      "run",
-      "--source",
-      "kubernetes",
-      "--kubeconfig",
-      `${dir}/kubeconfig`,
-      "--nvml-library",
-      LIB,
-    ], { vars: { KUBERNETES_SERVICE_HOST: "10.96.0.1", KUBERNETES_SERVICE_PORT: "443" } });
+    const argv = ["run", "--source", "kubernetes", "--kubeconfig", `${dir}/kubeconfig`];
+    const p = await plan([...argv, "--nvml-library", LIB], {
+      vars: { KUBERNETES_SERVICE_HOST: "10.96.0.1", KUBERNETES_SERVICE_PORT: "443" },
+    });
     equal(p.mode, "kubernetes");
-    deepStrictEqual(p.permissions.net, ["127.0.0.1:9402", "10.96.0.1:443", "10.0.0.5:6443"]);
+    deepStrictEqual(p.permissions.net, [
+      "127.0.0.1:9402",
+      "10.96.0.1:443",
+      "10.0.0.5:6443",
+      // --pod-gpu-mapping auto (the default) may read the kubelet's PodResources socket.
+      "unix:/var/lib/kubelet/pod-resources/kubelet.sock",
+    ]);
+    ok(p.permissions.read.includes("/var/lib/kubelet/pod-resources/kubelet.sock"));
     ok(p.permissions.read.includes("/proc"));
     ok(p.permissions.read.includes(`${dir}/kubeconfig`));
     ok(p.permissions.read.includes(`${dir}/ca.crt`));
     ok(p.permissions.env.includes("KUBERNETES_SERVICE_HOST"));
+
+    const processes = await plan([
+      ...argv,
+      "--pod-gpu-mapping",
+      "processes",
+      "--nvml-library",
+      LIB,
+    ]);
+    ok(!processes.permissions.net.some((n) => n.startsWith("unix:")), "processes: no socket");
+    ok(!processes.permissions.read.some((r) => r.includes("pod-resources")));
 
     const none = await planLaunch(["run", "--source", "kubernetes", "--nvml-library", LIB], {
       env: envOf({}),

@@ -22,6 +22,7 @@ function gpu(index: number, name: string, defaultMw = 700_000): GpuView {
     defaultMw,
     minMw: 100_000,
     maxMw: defaultMw,
+    pids: null,
   };
 }
 

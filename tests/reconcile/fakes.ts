@@ -1,6 +1,6 @@
 /** Test doubles for reconcile tests: manual clock, scripted cap source, recording telemetry, log capture. */
 import { configureSync, type LogRecord, resetSync } from "@logtape/logtape";
-import type { Clock } from "../../src/reconcile/clock.ts";
+import type { Clock } from "../../src/clock.ts";
 import type {
   CapSource,
   DesiredCap,
@@ -9,6 +9,7 @@ import type {
   SourceHealth,
 } from "../../src/sources/cap_source.ts";
 import type { CapChange, Telemetry } from "../../src/metrics/telemetry.ts";
+import type { GpuOutcome } from "../../src/reconcile/report.ts";
 
 /** A clock that only moves when the test says so. */
 export class ManualClock implements Clock {
@@ -69,6 +70,8 @@ export class FakeCapSource implements CapSource {
   desiredCalls = 0;
   lastViews: readonly GpuView[] = [];
   onChange: (() => void) | null = null;
+  /** Outcomes passed to report(), one entry per call. */
+  reported: { outcomes: readonly GpuOutcome[]; dryRun: boolean }[] = [];
 
   constructor(caps: DesiredCaps | null = new Map()) {
     this.caps = caps;
@@ -83,6 +86,10 @@ export class FakeCapSource implements CapSource {
     this.desiredCalls++;
     this.lastViews = gpus;
     return this.caps === null ? null : new Map(this.caps);
+  }
+
+  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
+    this.reported.push({ outcomes, dryRun: info.dryRun });
   }
 
   health(): SourceHealth {
@@ -131,6 +138,7 @@ export class RecordingTelemetry implements Telemetry {
   reactionLatency(seconds: number): void {
     this.latencies.push(seconds);
   }
+  budgetAllocated(): void {}
 }
 
 /** A captured log line. */

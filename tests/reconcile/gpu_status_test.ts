@@ -37,6 +37,8 @@ Deno.test("collectGpuStatus: driver facts, journal and desired per GPU", () => {
       desiredMw: 250_000,
       desiredReason: "test 250 W",
       desiredKind: "file",
+      supported: true,
+      enforced: true,
     },
     {
       index: 1,
@@ -56,6 +58,8 @@ Deno.test("collectGpuStatus: driver facts, journal and desired per GPU", () => {
       desiredMw: null,
       desiredReason: null,
       desiredKind: null,
+      supported: true,
+      enforced: null,
     },
   ]);
   // Without desired caps the desired fields are null.
@@ -81,4 +85,15 @@ Deno.test("collectGpuStatus: listing failure throws", () => {
   const gpu = new FakeGpuControl([fakeH100(0)]);
   gpu.failListGpus("UNINITIALIZED");
   assert.throws(() => collectGpuStatus(gpu, { journal: loadJournal(tmp.dir) }), /UNINITIALIZED/);
+});
+
+Deno.test("collectGpuStatus: NOT_SUPPORTED limits → unsupported, not an error", () => {
+  using tmp = tempStateDir();
+  const gpu = new FakeGpuControl([fakeH100(0), fakeH100(1)]);
+  gpu.failOn(1, "readLimits", "NOT_SUPPORTED");
+  const status = collectGpuStatus(gpu, { journal: loadJournal(tmp.dir) });
+  assert.equal(status[1].supported, false);
+  assert.equal(status[1].error, undefined);
+  assert.equal(status[1].limitMw, null);
+  assert.equal(status[0].supported, true);
 });

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { loadJournal } from "../../src/state/journal.ts";
 import { ReconcileLoop, type ReconcileLoopOptions } from "../../src/reconcile/loop.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
-import { caps, FakeCapSource, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
+import {
+  caps,
+  captureLogs,
+  FakeCapSource,
+  ManualClock,
+  RecordingTelemetry,
+  tempStateDir,
+} from "./fakes.ts";
 
 const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
@@ -232,4 +239,103 @@ Deno.test("runOnce: one pass, no timers, startup restore reason", () => {
   assert.equal(t.telemetry.changes.find((c) => c.uuid === U1)?.restoreReason, "startup");
   assert.equal(t.clock.pending, 0);
   assert.equal(t.loop.passCount, 1);
+});
+
+Deno.test("enforcement: a failing set is unenforced since its first failure, recovers by itself", () => {
+  using t = setup({ backoff: { initialMs: 1000, maxMs: 1000 } });
+  t.gpu.failOn(0, "setLimit", "NO_PERMISSION");
+  const startMs = t.clock.now();
+  t.loop.start();
+  let e = t.loop.enforcement();
+  assert.equal(e.reconciledMs, startMs);
+  assert.equal(e.unenforced.length, 1);
+  assert.equal(e.unenforced[0].uuid, U0);
+  assert.equal(e.unenforced[0].sinceMs, startMs);
+  assert.match(e.unenforced[0].error, /NO_PERMISSION/);
+  assert.equal(t.loop.outcomeOf(U0)?.enforced, false);
+  assert.equal(
+    t.loop.outcomeOf(U1)?.enforced,
+    true,
+    "unmanaged GPU: nothing wanted, nothing missing",
+  );
+  assert.equal(t.loop.lastReport?.ok, false);
+  assert.equal(t.loop.lastSuccessMs, null, "metrics' last success and readiness agree");
+  t.clock.advance(INTERVAL);
+  e = t.loop.enforcement();
+  assert.equal(e.unenforced[0].sinceMs, startMs, "since the first failure, not the last");
+  t.gpu.clearFailures();
+  t.clock.advance(INTERVAL);
+  assert.deepEqual(t.loop.enforcement().unenforced, []);
+  assert.equal(t.loop.outcomeOf(U0)?.enforced, true);
+  assert.ok(t.loop.lastSuccessMs !== null);
+  t.loop.stop();
+});
+
+Deno.test("enforcement: unsupported GPUs are never unenforced; a wanted GPU that vanishes is", () => {
+  using t = setup();
+  t.source.caps = caps([U0, 250], [U1, 300]);
+  t.gpu.failOn(1, "readLimits", "NOT_SUPPORTED");
+  t.loop.start();
+  assert.equal(t.loop.lastReport?.gpus[1].action, "unsupported");
+  assert.equal(t.loop.lastReport?.ok, true, "an unsupported GPU does not fail the pass");
+  assert.equal(t.loop.isUnsupported(U1), true);
+  assert.deepEqual(t.loop.enforcement().unenforced, []);
+  t.gpu.removeGpu(0);
+  t.clock.advance(INTERVAL);
+  const lost = t.loop.enforcement().unenforced;
+  assert.deepEqual(lost.map((u) => u.uuid), [U0]);
+  assert.match(lost[0].error, /lost/);
+  t.loop.stop();
+});
+
+Deno.test("dry run: the plan is printed once per change, nothing written, the source hears nothing", () => {
+  const printed: string[][] = [];
+  using t = setup({ dryRun: true, printPlan: (lines) => printed.push(lines) });
+  t.loop.start();
+  t.clock.advance(INTERVAL * 3);
+  assert.equal(printed.length, 1, "same plan: printed once");
+  assert.match(printed[0][0], /GPU 0 .*: would set 700 W → 250 W \(test 250 W\)/);
+  assert.equal(t.gpu.calls.setLimit, 0);
+  assert.equal(t.journal.saveCount, 0);
+  assert.deepEqual(t.source.reported, []);
+  t.source.caps = caps([U0, 300]);
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(printed.length, 2);
+  t.loop.stop();
+});
+
+Deno.test("source throwing: telemetry and the report agree the pass failed", () => {
+  using t = setup();
+  t.source.desired = () => {
+    throw new Error("boom");
+  };
+  const report = t.loop.start();
+  assert.equal(report.ok, false);
+  assert.match(report.error!, /boom/);
+  assert.deepEqual(t.telemetry.completed.map((c) => c.ok), [false]);
+  t.loop.stop();
+});
+
+Deno.test("an unsupported GPU beside three normal ones: one log line in a minute at a 1 s interval", async () => {
+  const gpu = new FakeGpuControl([0, 1, 2, 3].map((i) => fakeH100(i)));
+  gpu.failOn(2, "readLimits", "NOT_SUPPORTED");
+  using tmp = tempStateDir();
+  const clock = new ManualClock();
+  const uuids = [0, 1, 2, 3].map((i) => fakeH100(i).uuid);
+  const loop = new ReconcileLoop(
+    gpu,
+    new FakeCapSource(caps(...uuids.map((u): [string, number] => [u, 300]))),
+    { journal: loadJournal(tmp.dir), clock, intervalMs: 1000 },
+  );
+  const logs = await captureLogs(() => {
+    loop.start();
+    clock.advance(60_000);
+  });
+  assert.ok(loop.passCount >= 60);
+  assert.deepEqual([0, 1, 2, 3].map((i) => gpu.limitOf(i)), [300_000, 300_000, 700_000, 300_000]);
+  assert.equal(logs.filter((l) => l.text.includes("NOT_SUPPORTED")).length, 1);
+  assert.deepEqual(loop.enforcement().unenforced, []);
+  assert.equal(loop.lastReport?.ok, true);
+  loop.stop();
 });

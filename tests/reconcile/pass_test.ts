@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
 import { type Journal, loadJournal } from "../../src/state/journal.ts";
-import {
-  gpuViews,
-  observeGpus,
-  reconcilePass,
-  type ReconcilePassOptions,
-} from "../../src/reconcile/pass.ts";
-import type { DesiredCaps } from "../../src/sources/cap_source.ts";
+import { reconcilePass, type ReconcilePassOptions } from "../../src/reconcile/pass.ts";
+import { observeGpus } from "../../src/reconcile/observe.ts";
+import { describePlan } from "../../src/reconcile/report.ts";
+import { type DesiredCaps, gpuViews } from "../../src/sources/cap_source.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
 import { caps, captureLogs, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
 
@@ -48,6 +45,11 @@ Deno.test("apply: sets the cap, journals baseline first, logs the change", async
     requestedMw: 250_000,
     clamp: "none",
     reason: "test 250 W",
+    desired: { mw: 250_000, reason: "test 250 W", kind: "file" },
+    desiredKind: "file",
+    enforced: true,
+    wanted: true,
+    changed: true,
     summary: "700 W → 250 W (test 250 W)",
   });
   assert.equal(report!.gpus[1].summary, "unmanaged at 700 W");
@@ -78,8 +80,8 @@ Deno.test("clamp up and down: counted once, not on later passes", async () => {
     ["down", 800_000, 700_000],
   ]);
   assert.deepEqual(t.telemetry.clamps, ["up", "down"]);
-  assert.match(logs[0].text, /requested 150 W clamped up to min 200 W/);
-  assert.match(logs[1].text, /requested 800 W clamped down to max 700 W/);
+  assert.match(logs[0].text, /requested 150 W clamped up to the GPU minimum 200 W/);
+  assert.match(logs[1].text, /requested 800 W clamped down to the GPU maximum 700 W/);
 
   const second = t.pass(caps([U0, 150], [U1, 800]));
   assert.equal(second.writes, 0);
@@ -189,7 +191,7 @@ Deno.test("one GPU's set failure does not block others; error names GPU, code an
   assert.equal(t.telemetry.completed.at(-1)?.ok, false);
 });
 
-Deno.test("baseline is durable before the set: a failed set leaves it on disk", () => {
+Deno.test("baseline is durable before the set; a failed set drops it again (not managed)", () => {
   using t = setup();
   const onDiskAtSet: (number | undefined)[] = [];
   const setLimit = t.gpu.setLimit.bind(t.gpu);
@@ -201,10 +203,9 @@ Deno.test("baseline is durable before the set: a failed set leaves it on disk", 
   t.pass(caps([U0, 250]));
   assert.deepEqual(onDiskAtSet, [700_000], "baseline was on disk when setLimit ran");
   assert.equal(t.gpu.limitOf(0), 700_000);
-  // As if the agent crashed right after the failed set: a new process reads the file.
-  const entry = onDisk(t.journal).get(U0);
-  assert.equal(entry?.baselineMw, 700_000);
-  assert.equal(entry?.appliedMw, 700_000, "nothing applied yet");
+  // Nothing was changed, so the GPU is not managed: its baseline is gone from memory and disk.
+  assert.equal(t.journal.has(U0), false);
+  assert.equal(onDisk(t.journal).has(U0), false);
   t.gpu.clearFailures();
   const retry = t.pass(caps([U0, 250]));
   assert.equal(retry.gpus[0].action, "apply");
@@ -246,7 +247,10 @@ Deno.test("read-back mismatch is an error and the applied value is not recorded"
   const report = t.pass(caps([U0, 250]));
   assert.equal(report.gpus[0].action, "error");
   assert.match(report.gpus[0].error!, /is 700 W after setting 250 W/);
-  assert.equal(t.journal.get(U0)?.appliedMw, 700_000);
+  assert.equal(report.gpus[0].enforced, false);
+  // The limit never moved: the GPU is not managed, the baseline recorded for it is dropped.
+  assert.equal(t.journal.has(U0), false);
+  assert.equal(onDisk(t.journal).has(U0), false);
   assert.equal(t.telemetry.changes.length, 0);
 });
 
@@ -300,20 +304,23 @@ Deno.test("GPU vanished: its journal entry is kept", () => {
   assert.equal(t.journal.has(U1), false);
 });
 
-Deno.test("dry run: logs what would change, never sets, never writes the journal", async () => {
+Deno.test("dry run: plans what would change, never sets, never writes the journal", () => {
   using t = setup();
-  let report: ReturnType<typeof t.pass> | undefined;
-  const logs = await captureLogs(() => {
-    report = t.pass(caps([U0, 250]), { dryRun: true });
+  const printed: string[] = [];
+  const report = t.pass(caps([U0, 250]), {
+    dryRun: true,
+    onPlan: (plan) => printed.push(...describePlan(plan)),
   });
   assert.equal(report!.dryRun, true);
   assert.equal(report!.gpus[0].action, "apply");
   assert.equal(t.gpu.calls.setLimit, 0);
   assert.equal(t.journal.has(U0), false);
   assert.throws(() => Deno.statSync(t.tmp.dir), Deno.errors.NotFound);
-  assert.deepEqual(logs.map((l) => l.text), [
-    `dry run: would set GPU 0 (${U0}): 700 W → 250 W (test 250 W)`,
+  assert.deepEqual(printed, [
+    `GPU 0 (${U0}, NVIDIA H100 80GB HBM3): would set 700 W → 250 W (test 250 W)`,
+    `GPU 1 (${U1}, NVIDIA H100 80GB HBM3): unmanaged at 700 W (no cap wanted)`,
   ]);
+  assert.equal(report.gpus[0].summary, "would set 700 W → 250 W (test 250 W)");
 });
 
 Deno.test("listGpus failure: nothing changes, pass not ok", () => {

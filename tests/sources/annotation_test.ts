@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { formatWatts, parsePowerAnnotation } from "../../src/sources/annotation.ts";
+import { parsePowerAnnotation } from "../../src/sources/annotation.ts";
+import { formatWatts } from "../../src/reconcile/report.ts";
 
 const VALID: Array<[string, number]> = [
   ["250", 250_000],
@@ -60,4 +61,6 @@ Deno.test("parsePowerAnnotation: absent", () => {
 Deno.test("formatWatts", () => {
   assert.equal(formatWatts(250_000), "250 W");
   assert.equal(formatWatts(250_500), "250.5 W");
+  assert.equal(formatWatts(250_500, { unit: false }), "250.5");
+  assert.equal(formatWatts(null), "-");
 });

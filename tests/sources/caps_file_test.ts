@@ -120,7 +120,7 @@ Deno.test("parseCapsFile: minimal files and the bounds of each value", async () 
 Deno.test("unknown key at the top level names the key, its line:column and the allowed keys", async () => {
   assert.equal(
     await onlyProblem("version: 1\ndefaults: {watts: 300}\n"),
-    'defaults at line 2:1: unknown key "defaults" (allowed here: version, default, gpus); ' +
+    'defaults at line 2:1: unknown key "defaults" (allowed here: version, default, gpus, budget); ' +
       'did you mean "default"?',
   );
 });
@@ -413,5 +413,57 @@ Deno.test("a misspelt value key is reported once; an unrelated unknown key does 
       'gpus[0].indx at line 3:6: unknown key "indx" (allowed here: index, uuid, name, watts, ' +
       'percent); did you mean "index"?',
     ],
+  );
+});
+
+// --- budget -----------------------------------------------------------------------------------
+
+Deno.test("budget: {watts: N} becomes the node power budget in milliwatts (YAML and JSON)", async () => {
+  const yaml = await parse("version: 1\nbudget: {watts: 4000.5}\ndefault: {watts: 300}\n");
+  assert.deepEqual(yaml.budget, { watts: 4000.5, mw: 4_000_500 });
+  assert.deepEqual(yaml.default, { kind: "watts", watts: 300, mw: 300_000 });
+  const json = await parse('{"version": 1, "budget": {"watts": 0.001}}');
+  assert.deepEqual(json, { version: 1, rules: [], budget: { watts: 0.001, mw: 1 } });
+  assert.equal((await parse("version: 1\n")).budget, undefined);
+  assert.deepEqual((await parse("version: 1\nbudget: {watts: 100000}\n")).budget, {
+    watts: 100_000,
+    mw: 100_000_000,
+  });
+});
+
+Deno.test("budget: out-of-range, non-numeric and missing watts report line:column", async () => {
+  const expected = "expected the node's power budget in watts: a number >= 0.001 and <= 100000";
+  assert.equal(
+    await onlyProblem("version: 1\nbudget:\n  watts: 0\n"),
+    `budget.watts at line 3:10: ${expected}, got 0`,
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbudget: {watts: 100001}\n"),
+    `budget.watts at line 2:17: ${expected}, got 100001`,
+  );
+  assert.equal(
+    await onlyProblem('version: 1\nbudget: {watts: "4000"}\n'),
+    `budget.watts at line 2:17: ${expected}, got the string "4000" (remove the quotes)`,
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbudget: {}\n"),
+    `budget.watts at line 2:9: missing required key watts: ${expected}`,
+  );
+  assert.equal(
+    await onlyProblem('{\n  "version": 1,\n  "budget": 4000\n}'),
+    "budget at line 3:13: expected a mapping with the node's power budget, e.g. {watts: 4000}, " +
+      "got 4000",
+  );
+});
+
+Deno.test("budget: unknown keys are named with the allowed ones", async () => {
+  assert.equal(
+    await onlyProblem("version: 1\nbudget:\n  watts: 4000\n  wats: 1\n"),
+    'budget.wats at line 4:3: unknown key "wats" (allowed here: watts); did you mean "watts"?',
+  );
+  assert.equal(
+    await onlyProblem("version: 1\nbugdet: {watts: 4000}\n"),
+    'bugdet at line 2:1: unknown key "bugdet" (allowed here: version, default, gpus, budget); ' +
+      'did you mean "budget"?',
   );
 });

@@ -3,7 +3,7 @@ import { CapsFileError } from "../../src/sources/caps_file.ts";
 import { createFileCapSource, type FileCapSource } from "../../src/sources/file.ts";
 import type { GpuView } from "../../src/sources/cap_source.ts";
 import type { Telemetry } from "../../src/metrics/telemetry.ts";
-import { type Clock, systemClock } from "../../src/reconcile/clock.ts";
+import { type Clock, systemClock } from "../../src/clock.ts";
 
 /** Fail instead of hanging when an expected event never comes. */
 const TIMEOUT_MS = 5_000;
@@ -17,6 +17,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
   {
     index: 1,
@@ -26,6 +27,7 @@ const GPUS: GpuView[] = [
     defaultMw: 700_000,
     minMw: 200_000,
     maxMw: 700_000,
+    pids: null,
   },
 ];
 
@@ -76,6 +78,7 @@ class RecordingTelemetry implements Telemetry {
   safeDefaultApplied(): void {}
   reconcileCompleted(): void {}
   reactionLatency(): void {}
+  budgetAllocated(): void {}
 }
 
 /** The system clock, counting the timers scheduled and fired. */
@@ -291,6 +294,20 @@ Deno.test("an invalid edit keeps the last good caps, is counted, and shows in he
   assert.equal(h.source.health().problem, undefined);
   assert.ok((h.source.health().lastSuccessMs ?? 0) >= (lastGood ?? 0));
   assert.deepEqual(h.telemetry.reloads, ["failure", "success"]);
+});
+
+Deno.test("spec() follows good reloads (budget included) and keeps the last good on invalid ones", async () => {
+  await using h = await harness("version: 1\nbudget: {watts: 4000}\n");
+  assert.deepEqual(h.source.spec()?.budget, { watts: 4000, mw: 4_000_000 });
+  await renameReplace(h.path, "version: 1\nbudget: {watts: 3000}\n");
+  await h.changed(1);
+  assert.deepEqual(h.source.spec()?.budget, { watts: 3000, mw: 3_000_000 });
+  await renameReplace(h.path, "version: 1\nbudget: {watts: -1}\n");
+  await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+  assert.deepEqual(h.source.spec()?.budget, { watts: 3000, mw: 3_000_000 }, "last good kept");
+  await renameReplace(h.path, "version: 1\n");
+  await h.changed(2);
+  assert.equal(h.source.spec()?.budget, undefined);
 });
 
 Deno.test("a deleted file keeps the last good caps; recreating it applies again", async () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Clock } from "../../src/reconcile/clock.ts";
+import type { Clock } from "../../src/clock.ts";
 import { loadKubeClient } from "../../src/sources/kubernetes_client.ts";
 import { type KubePod, PodInformer } from "../../src/sources/kubernetes_informer.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";

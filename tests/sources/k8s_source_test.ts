@@ -17,7 +17,13 @@ Deno.test("k8s source: null before start, then initial sync → caps on the pod'
   assert.ok(changes >= 1, "first sync triggers a pass");
   const desired = f.source.desired(f.views())!;
   assert.deepEqual([...desired.keys()], [GPU0]);
-  assert.deepEqual(desired.get(GPU0), { mw: 250_000, reason: "pod ml/llm-0", kind: "pod" });
+  assert.deepEqual(desired.get(GPU0), {
+    mw: 250_000,
+    reason: "pod ml/llm-0",
+    kind: "pod",
+    pods: [{ namespace: "ml", name: "llm-0", uid: pod.metadata.uid }],
+    askedMw: 250_000,
+  });
 
   const list = f.server.requests.find((r) => r.kind === "list")!;
   assert.equal(list.path, "/api/v1/pods");
@@ -108,8 +114,10 @@ Deno.test("k8s source: shared GPU — conflict and unannotated co-tenant fail cl
   const desired = f.source.desired(f.views())!;
   assert.equal(desired.get(GPU0)?.kind, "safe-default");
   assert.equal(desired.get(GPU0)?.mw, SAFE_MW);
-  f.source.desired(f.views());
-  assert.equal(f.telemetry.count("safeDefaultApplied"), 1, "counted on change, not per pass");
+  assert.equal(f.telemetry.count("safeDefaultApplied"), 0, "a decision is not an application");
+  f.caps();
+  f.caps();
+  assert.equal(f.telemetry.count("safeDefaultApplied"), 1, "counted when set, not per pass");
 
   f.server.setAnnotation("ml", "b", KEY, "250");
   await waitFor(() => f.caps()[GPU0] === 250_000, "agreement → value");
@@ -438,4 +446,47 @@ Deno.test("k8s source: stop() closes the watch and is idempotent", async () => {
   await f.source.stop();
   await f.source.stop();
   await waitFor(() => f.server.activeWatches === 0, "watch closed");
+});
+
+Deno.test("k8s source: Events come from outcomes — nothing from desired() or a dry run; CapNotApplied on failure", async () => {
+  await using f = await setupK8s();
+  const pod = f.server.addPod({ name: "p", namespace: "ml", annotations: { [KEY]: "250" } });
+  await f.runProcess(2000, pod.metadata.uid, 0);
+  await waitFor(() => f.source.stats().pods === 1, "pod seen");
+  f.source.desired(f.views());
+  f.source.report(
+    [{
+      uuid: GPU0,
+      index: 0,
+      name: "x",
+      action: "apply",
+      fromMw: 700_000,
+      toMw: 250_000,
+      requestedMw: 250_000,
+      clamp: "none",
+      reason: "pod ml/p",
+      desired: f.source.desired(f.views())!.get(GPU0),
+      desiredKind: "pod",
+      enforced: true,
+      wanted: true,
+      changed: false,
+      summary: "",
+    }],
+    { dryRun: true },
+  );
+  await f.source.flushEvents();
+  assert.equal(f.server.counters.events, 0, "a decision or a dry run posts nothing");
+
+  f.gpu.failOn(0, "setLimit", "NO_PERMISSION");
+  f.caps();
+  await f.source.flushEvents();
+  assert.deepEqual(f.server.events.map((e) => e.reason), ["CapNotApplied"]);
+  assert.match(String(f.server.events[0].message), /250 W not applied to GPU 0 .*NO_PERMISSION/);
+  f.caps();
+  await f.source.flushEvents();
+  assert.equal(f.server.events.length, 1, "deduplicated while the failure stays the same");
+  f.gpu.clearFailures();
+  f.caps();
+  await f.source.flushEvents();
+  assert.deepEqual(f.server.events.map((e) => e.reason), ["CapNotApplied", "CapApplied"]);
 });

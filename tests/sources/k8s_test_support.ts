@@ -3,7 +3,11 @@
  * fake GPUs + recording telemetry, wired through the real client library.
  */
 import type { Telemetry } from "../../src/metrics/telemetry.ts";
-import type { GpuView } from "../../src/sources/cap_source.ts";
+import { type GpuView, gpuViews } from "../../src/sources/cap_source.ts";
+import { observeGpus } from "../../src/reconcile/observe.ts";
+import { reconcilePass } from "../../src/reconcile/pass.ts";
+import type { PassReport } from "../../src/reconcile/report.ts";
+import { loadJournal } from "../../src/state/journal.ts";
 import {
   createKubernetesCapSource,
   type KubernetesCapSource,
@@ -38,6 +42,7 @@ export function recordingTelemetry(): Telemetry & { calls: string[]; count(p: st
     configReload: rec("configReload"),
     reconcileCompleted: rec("reconcileCompleted"),
     reactionLatency: rec("reactionLatency"),
+    budgetAllocated: rec("budgetAllocated"),
   };
 }
 
@@ -64,10 +69,15 @@ export interface K8sFixture extends AsyncDisposable {
   procRoot: string;
   /** onChange calls so far. */
   changes(): number;
-  /** GpuViews of the fake GPUs. */
+  /** GpuViews of the fake GPUs (PIDs observed as the reconciler does). */
   views(): GpuView[];
-  /** desired() as a plain object uuid → mW (throws when null). */
+  /**
+   * One reconcile pass as the agent runs it (observe with PIDs → desired → plan → actuate on the
+   * fake GPUs → source.report), returning desired() as a plain object uuid → mW (throws when null).
+   */
   caps(): Record<string, number>;
+  /** Report of the last pass run by `caps()`. */
+  lastReport(): PassReport | null;
   /** Put process `pid` of pod `uid` on GPU `index` (cgroup file + NVML pid). */
   runProcess(pid: number, uid: string, index: number): Promise<void>;
   /** Remove process `pid` from GPU `index` (and its /proc entry). */
@@ -98,7 +108,6 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
   );
   const telemetry = recordingTelemetry();
   const source = await createKubernetesCapSource({
-    gpu,
     nodeName: NODE,
     annotation: KEY,
     safeDefaultMw: SAFE_MW,
@@ -114,10 +123,11 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
     random: () => 0.5,
     ...options.source,
   });
+  const journal = loadJournal(`${dir}/state`);
+  let last: PassReport | null = null;
   let changes = 0;
   if (!options.noStart) await source.start(() => changes++);
-  const views = () =>
-    gpu.listGpus().map((g) => ({ ...g, defaultMw: 700_000, minMw: 200_000, maxMw: 700_000 }));
+  const views = () => gpuViews(observeGpus(gpu, { pids: true }));
   return {
     server,
     source,
@@ -127,9 +137,13 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
     procRoot,
     changes: () => changes,
     views,
+    lastReport: () => last,
     caps() {
-      const desired = source.desired(views());
+      const observation = observeGpus(gpu, { pids: true });
+      const desired = source.desired(gpuViews(observation));
       if (desired === null) throw new Error("desired() returned null");
+      last = reconcilePass(gpu, desired, { journal, telemetry, observation });
+      source.report(last.gpus, { dryRun: false });
       return Object.fromEntries([...desired].map(([uuid, cap]) => [uuid, cap.mw]));
     },
     async runProcess(pid, uid, index) {
