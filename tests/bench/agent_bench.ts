@@ -225,8 +225,24 @@ function result(
   };
 }
 
-function metricsAddress(): string {
-  return `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`;
+/** `deno task agent <args>` on the fake library, metrics on, warnings only, `--agent-env` set. */
+function spawnBenchAgent(
+  args: readonly string[],
+  context: { lib: string; fake: FakeNvmlDir; options: BenchOptions },
+): AgentProcess {
+  const { lib, fake, options } = context;
+  const port = 19000 + Math.floor(Math.random() * 1000);
+  return spawnAgent([
+    ...args,
+    "--nvml-library",
+    lib,
+    "--state-dir",
+    `${fake.dir}/state`,
+    "--metrics-address",
+    `127.0.0.1:${port}`,
+    "--log-level",
+    "warning",
+  ], { env: { ...fake.env, ...options.agentEnv } });
 }
 
 async function fileMode(options: BenchOptions): Promise<BenchResult> {
@@ -237,19 +253,7 @@ async function fileMode(options: BenchOptions): Promise<BenchResult> {
     Deno.writeTextFileSync(caps, `version: 1\ndefault: {watts: ${watts}}\n`);
   write(300);
   const spawnedAt = Date.now();
-  const agent = spawnAgent([
-    "run",
-    "--caps-file",
-    caps,
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    metricsAddress(),
-    "--log-level",
-    "warning",
-  ], { env: { ...fake.env, ...options.agentEnv } });
+  const agent = spawnBenchAgent(["run", "--caps-file", caps], { lib, fake, options });
   try {
     const m = await measure(agent, fake, spawnedAt, {
       ...options,
@@ -318,17 +322,10 @@ async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
   }
   const kubeconfig = await api.writeKubeconfig(fake.dir);
   const spawnedAt = Date.now();
-  const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${fake.dir}/state`,
-    "--metrics-address",
-    metricsAddress(),
-    "--log-level",
-    "warning",
-  ], { env: { ...fake.env, ...options.agentEnv } });
+  const agent = spawnBenchAgent(
+    kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
+    { lib, fake, options },
+  );
   try {
     const m = await measure(agent, fake, spawnedAt, {
       ...options,
