@@ -13,7 +13,7 @@ import { planPass } from "../policy/plan.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
 import { gpuViews } from "../sources/cap_source.ts";
 import { observeGpus } from "../reconcile/observe.ts";
-import { describePlan } from "../reconcile/report.ts";
+import { describeBudget, describePlan } from "../reconcile/report.ts";
 import { loadJournal } from "../state/journal.ts";
 
 /** Run `check`. Invalid file: exit 2 (thrown CapsFileError). */
@@ -30,9 +30,10 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
       observation,
       resolveFileCaps(spec, gpuViews(observation)),
       journal.entries(),
-      { restoreTo: ctx.options.restoreTo },
+      { restoreTo: ctx.options.restoreTo, budgetMw: spec.budget?.mw ?? null },
     );
     for (const line of describePlan(plan)) ctx.io.out(line);
+    if (plan.budget) ctx.io.out(describeBudget(plan.budget));
     const failed = plan.error !== undefined ||
       plan.gpus.some((g) => g.intent === "unreadable" || g.intent === "error");
     return failed ? EXIT.failure : EXIT.ok;

@@ -2,24 +2,20 @@
  * Entry point of the command line: parse, configure logging, locate NVML, dispatch, map errors to
  * exit codes. `main.ts` only calls {@linkcode runCli} and exits with its result.
  */
-import { FLAGS, helpText, parseCommandLine, UsageError } from "./flags.ts";
+import { helpText, parseCommandLine, UsageError } from "./flags.ts";
 import type { CliIo, CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
 import { configureLogging } from "./logging.ts";
 import { resolveNvmlLibraryPath } from "../nvml/library_path.ts";
 import { NvmlLibraryError } from "../nvml/errors.ts";
 import { CapsFileError } from "../sources/caps_file.ts";
+import { StateDirError } from "../state/state_lock.ts";
 
 /** Options for {@linkcode runCli}. */
 export interface RunCliOptions {
   /** Environment lookup; default reads only the variables named in the flag table. */
   env?: (name: string) => string | undefined;
   io?: CliIo;
-}
-
-/** The names of every environment variable the agent may read (for `--allow-env`). */
-export function agentEnvNames(): string[] {
-  return [...new Set(FLAGS.flatMap((f) => f.env))];
 }
 
 function defaultEnv(name: string): string | undefined {
@@ -74,7 +70,7 @@ export async function runCli(
         return await run!.runCommand(ctx);
       case "status": {
         const { statusCommand } = await import("./status_command.ts");
-        return statusCommand(ctx);
+        return await statusCommand(ctx);
       }
       case "check": {
         const { checkCommand } = await import("./check_command.ts");
@@ -107,7 +103,11 @@ export function reportFatal(err: unknown, io: CliIo): number {
     return EXIT.usage;
   }
   // Matched by name: the Kubernetes client module is loaded only in Kubernetes mode.
-  if (err instanceof CapsFileError || (err instanceof Error && err.name === "KubeConfigError")) {
+  // An unusable state dir is configuration, like an invalid caps file: restarting cannot help.
+  if (
+    err instanceof CapsFileError || err instanceof StateDirError ||
+    (err instanceof Error && err.name === "KubeConfigError")
+  ) {
     io.err(`gpu-power-agent: ${err.message}`);
     return EXIT.usage;
   }

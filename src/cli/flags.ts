@@ -91,8 +91,9 @@ export const FLAGS: readonly FlagSpec[] = [
     name: "caps-file",
     type: "string",
     arg: "PATH",
-    commands: ["run", "check"],
-    help: "JSON or YAML caps file (file mode)",
+    commands: ["run", "check", "status"],
+    help: "JSON or YAML caps file (file mode; with --source kubernetes: the node policy and " +
+      "budget; status: show how its budget is allocated)",
   }),
   flag({
     name: "interval",
@@ -216,6 +217,14 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "Emit Kubernetes Events on pods (--no-events to disable)",
   }),
   flag({
+    name: "node-budget-annotation",
+    type: "boolean",
+    default: true,
+    commands: KUBE,
+    help: "Follow this node's gpu-power-agent.io/power-budget-watts annotation (needs get/list/" +
+      "watch on nodes; --no-node-budget-annotation to disable)",
+  }),
+  flag({
     name: "proc-root",
     type: "string",
     arg: "DIR",
@@ -286,6 +295,7 @@ export interface AgentOptions {
   minWatts?: number;
   maxWatts?: number;
   events: boolean;
+  nodeBudgetAnnotation: boolean;
   procRoot: string;
   podGpuMapping: "auto" | "pod-resources" | "processes";
   podResourcesSocket: string;

@@ -12,8 +12,6 @@ import type { Readiness } from "../metrics/server.ts";
 import type { EnforcementState } from "../reconcile/loop.ts";
 import { formatSeconds } from "./units.ts";
 
-export type { Readiness } from "../metrics/server.ts";
-
 /** Inputs of {@linkcode readiness}. */
 export interface ReadinessInput {
   health: SourceHealth;

@@ -9,14 +9,19 @@ import type { AgentOptions } from "./flags.ts";
 import { UsageError } from "./flags.ts";
 import { wattsToMw } from "./units.ts";
 import type { CapSource } from "../sources/cap_source.ts";
+import type { GpuControl } from "../nvml/gpu_control.ts";
 import { openNvmlGpuControl } from "../nvml/nvml_gpu_control.ts";
-import { loadJournal } from "../state/journal.ts";
+import { type Journal, loadJournal } from "../state/journal.ts";
+import { acquireStateLock, type StateLock } from "../state/state_lock.ts";
+import { restoreAll } from "../reconcile/restore.ts";
+import { installRunSignals, type RunSignals, STOPPED, unlessStopped } from "./signals.ts";
 import { ReconcileLoop } from "../reconcile/loop.ts";
 import { collectGpuStatus } from "../reconcile/gpu_status.ts";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
 import { systemClock } from "../clock.ts";
 import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
+import { parseGpuResourceNames } from "../sources/pod_resources_devices.ts";
 
 const VERSION = "0.1.0";
 /** Longest wait for stopping the source or the HTTP server after the GPUs are restored. */
@@ -80,7 +85,7 @@ async function createSource(
   }
   // Loaded only in Kubernetes mode: the client library is large.
   const { createKubernetesCapSource } = await import("../sources/kubernetes.ts");
-  return await createKubernetesCapSource({
+  const pods = await createKubernetesCapSource({
     nodeName: o.nodeName!,
     namespace: o.namespace,
     annotation: o.annotation,
@@ -94,6 +99,22 @@ async function createSource(
     telemetry: opts.telemetry,
     clock: systemClock,
     staleAfterMs: o.staleAfter * 1000,
+    podGpuMapping: o.podGpuMapping,
+    podResourcesSocket: o.podResourcesSocket,
+    gpuResourceNames: parseGpuResourceNames(o.gpuResourceNames),
+  });
+  if (!o.capsFile && !o.nodeBudgetAnnotation) return pods;
+  // The caps file is the node policy; the node annotation a node power budget.
+  const { NodePolicyCapSource } = await import("../sources/node_policy_source.ts");
+  const { createFileCapSource } = await import("../sources/file.ts");
+  return new NodePolicyCapSource({
+    pods,
+    ...(o.capsFile
+      ? { policy: createFileCapSource(o.capsFile, { telemetry: opts.telemetry }) }
+      : {}),
+    ...(o.nodeBudgetAnnotation
+      ? { budgetWatch: { client: pods.client, nodeName: o.nodeName!, telemetry: opts.telemetry } }
+      : {}),
   });
 }
 
@@ -105,15 +126,33 @@ interface LiveState {
 
 /** Run `run` until a termination signal (or after one pass with --once). */
 export async function runCommand(ctx: CommandContext): Promise<number> {
+  // First thing: a stop or reload during start-up must not kill the agent (see signals.ts).
+  const signals = installRunSignals();
+  // Released by the kernel when the process exits, SIGKILL included.
+  let lock: StateLock | undefined;
+  try {
+    // The caps file is validated before any GPU is touched (invalid at start: exit 2).
+    // With --source kubernetes the caps file is the node policy: validated the same way.
+    selectSource(ctx.options);
+    if (ctx.options.capsFile) await readCapsFile(ctx.options.capsFile);
+    // One writer per state dir; also proves the dir is usable (exit 2 if not). A dry run writes
+    // nothing and may run beside the service.
+    if (!ctx.options.dryRun) lock = acquireStateLock(ctx.options.stateDir, { command: "run" });
+    return await runLocked(ctx, signals);
+  } finally {
+    signals.dispose();
+    lock?.release();
+  }
+}
+
+async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<number> {
   const o = ctx.options;
   const log = getLogger(["gpu-power-agent", "run"]);
   const kind = selectSource(o);
 
-  // The caps file is validated before any GPU is touched (invalid at start: exit 2).
-  if (kind === "file") await readCapsFile(o.capsFile!);
-
   const gpu = openNvmlGpuControl(ctx.nvmlLibraryPath);
-  const journal = loadJournal(o.stateDir, { dryRun: o.dryRun });
+  // Dry run is decided here: a read-only journal makes every pass and restore plan only.
+  const journal = loadJournal(o.stateDir, { readOnly: o.dryRun });
   const live: LiveState = {};
   const prom = o.metricsAddress !== "off" && !o.once
     ? (await import("../metrics/prometheus.ts")).createPrometheusTelemetry({
@@ -131,13 +170,22 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
         }),
       staleness: () =>
         live.source ? sourceStalenessSeconds(live.source.health(), Date.now()) : null,
+      podResources: () => {
+        const health = live.source?.podResourcesHealth?.() ?? null;
+        return health && { up: health.problem === null, lastSuccessMs: health.lastSuccessMs };
+      },
     })
     : undefined;
   const telemetry: Telemetry = prom ?? noopTelemetry;
+  const stopDuringStartup = (source?: SourceWithReload) =>
+    restoreDuringStartup(gpu, { journal, telemetry, options: o, signals, source });
 
-  const source = await createSource(kind, { options: o, telemetry });
+  const created = await unlessStopped(signals, createSource(kind, { options: o, telemetry }));
+  if (created === STOPPED) return await stopDuringStartup();
+  const source = created;
   live.source = source;
-  await source.start(() => live.loop?.trigger());
+  const started = await unlessStopped(signals, source.start(() => live.loop?.trigger()));
+  if (started === STOPPED) return await stopDuringStartup(source);
   log.info("Caps source {source} ready; {count} GPU(s) on driver {driver}", {
     source: source.name,
     count: gpu.listGpus().length,
@@ -150,7 +198,6 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     clock: systemClock,
     intervalMs: o.interval * 1000,
     restoreTo: o.restoreTo,
-    dryRun: o.dryRun,
     // The dry-run plan goes to stdout: the same text `check` prints.
     printPlan: (lines) => {
       ctx.io.out(`dry run: plan at ${new Date().toISOString()} (nothing is changed):`);
@@ -175,6 +222,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
     ? await (await import("../metrics/server.ts")).startHealthServer(o.metricsAddress, {
       metrics: () => prom.metrics(),
       contentType: prom.contentType,
+      onError: (reason) => prom.metricsServerError(reason),
       ready: () =>
         readiness({
           health: source.health(),
@@ -193,7 +241,7 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   }
 
   const code = await untilStopped(loop, {
-    dryRun: o.dryRun,
+    signals,
     reload: () => source.reload?.(),
     cleanup: async () => {
       // GPUs are restored by then; nothing here may keep the process from exiting.
@@ -206,9 +254,45 @@ export async function runCommand(ctx: CommandContext): Promise<number> {
   return code;
 }
 
+/** Options of {@linkcode restoreDuringStartup}. */
+interface StartupStopOptions {
+  journal: Journal;
+  telemetry: Telemetry;
+  options: AgentOptions;
+  signals: RunSignals;
+  /** The source, when it was created (it may still be starting). */
+  source?: SourceWithReload;
+}
+
+/**
+ * A stop signal during start-up: restore what the journal holds (a crashed predecessor's caps),
+ * stop the source and exit 0 (1 if a GPU could not be restored).
+ */
+async function restoreDuringStartup(gpu: GpuControl, opts: StartupStopOptions): Promise<number> {
+  const log = getLogger(["gpu-power-agent", "run"]);
+  log.info("{signal} during start-up: restoring every GPU in the journal, then exiting", {
+    signal: opts.signals.stopSignal(),
+  });
+  let code: number = EXIT.ok;
+  if (!opts.journal.readOnly) {
+    const report = restoreAll(gpu, {
+      journal: opts.journal,
+      reason: "shutdown",
+      restoreTo: opts.options.restoreTo,
+      telemetry: opts.telemetry,
+    });
+    if (!report.ok) code = EXIT.failure;
+  }
+  if (opts.source) await bounded(opts.source.stop(), SHUTDOWN_STEP_MS);
+  gpu.close();
+  log.info("Stopped");
+  return code;
+}
+
 /** Options of {@linkcode untilStopped}. */
 interface UntilStoppedOptions {
-  dryRun: boolean;
+  /** Installed at start; the first SIGTERM/SIGINT stops the loop. */
+  signals: RunSignals;
   /** SIGHUP handler (the file source re-reads its file). */
   reload: () => void | Promise<void>;
   /** Runs after the GPUs were restored. */
@@ -221,42 +305,23 @@ interface UntilStoppedOptions {
  */
 async function untilStopped(loop: ReconcileLoop, options: UntilStoppedOptions): Promise<number> {
   const log = getLogger(["gpu-power-agent", "run"]);
-  const done = Promise.withResolvers<number>();
-  let stopping = false;
-  const onStop = (signal: Deno.Signal) => {
-    if (stopping) return; // e.g. Ctrl-C reaches both the launcher and the agent
-    stopping = true;
-    log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
-    (async () => {
-      let code: number = EXIT.ok;
-      try {
-        const restored = await loop.stop({ restore: !options.dryRun });
-        if (restored && !restored.ok) code = EXIT.failure;
-      } catch (err) {
-        log.error("Shutdown failed: {error}", { error: (err as Error).message });
-        code = EXIT.failure;
-      }
-      await options.cleanup();
-      done.resolve(code);
-    })();
-  };
-  const onHup = () => {
+  options.signals.onReload(() => {
     log.info("SIGHUP: reloading the caps source");
     Promise.resolve(options.reload()).catch((err) =>
       log.error("Reload failed: {error}", { error: (err as Error).message })
     );
-  };
-  const sigterm = () => onStop("SIGTERM");
-  const sigint = () => onStop("SIGINT");
-  Deno.addSignalListener("SIGTERM", sigterm);
-  Deno.addSignalListener("SIGINT", sigint);
-  Deno.addSignalListener("SIGHUP", onHup);
+  });
+  loop.start();
+  const signal = await options.signals.stopped;
+  log.info("{signal}: stopping; restoring every GPU the agent changed", { signal });
+  let code: number = EXIT.ok;
   try {
-    loop.start();
-    return await done.promise;
-  } finally {
-    Deno.removeSignalListener("SIGTERM", sigterm);
-    Deno.removeSignalListener("SIGINT", sigint);
-    Deno.removeSignalListener("SIGHUP", onHup);
+    const restored = await loop.stop({ restore: true });
+    if (restored && !restored.ok) code = EXIT.failure;
+  } catch (err) {
+    log.error("Shutdown failed: {error}", { error: (err as Error).message });
+    code = EXIT.failure;
   }
+  await options.cleanup();
+  return code;
 }

@@ -109,6 +109,19 @@ export interface PrometheusTelemetryOptions {
    * Without it, the value comes from `reconcileCompleted` events.
    */
   lastReconcileMs?: () => number | null;
+  /**
+   * The kubelet's PodResources as the pod → GPU mapping sees them; null (series omitted) when
+   * the mapping does not use them.
+   */
+  podResources?: () => PodResourcesState | null;
+}
+
+/** What the PodResources metrics show. */
+export interface PodResourcesState {
+  /** The last List answered. */
+  up: boolean;
+  /** Epoch milliseconds of the last List that answered; null before the first. */
+  lastSuccessMs: number | null;
 }
 
 /** {@link Telemetry} backed by a private prom-client registry. */
@@ -117,6 +130,8 @@ export interface PrometheusTelemetry extends Telemetry {
   metrics(): Promise<string>;
   /** Content type of {@link PrometheusTelemetry.metrics} output. */
   readonly contentType: string;
+  /** Count one failure of the metrics HTTP server (`accept`, `handler`, `connection_limit`…). */
+  metricsServerError(reason: string): void;
 }
 
 type GpuLabel = "gpu" | "uuid" | "name";
@@ -144,6 +159,134 @@ const GPU_WATT_GAUGES = [
 
 type WattField = typeof GPU_WATT_GAUGES[number][0];
 
+/** Per-GPU 0/1 gauges: name, help, and the value (null/undefined: no series for that GPU). */
+const GPU_FLAG_GAUGES: [string, string, (s: GpuStatusLike) => boolean | null | undefined][] = [
+  [
+    "gpu_managed",
+    "1 when the agent has changed the GPU's power limit (verified) and not restored it, else 0.",
+    (s) => s.managed,
+  ],
+  [
+    "gpu_enforced",
+    "1 when the GPU holds the power limit the agent wants on it, 0 when it does not; " +
+    "absent while unknown (desired caps unknown).",
+    (s) => s.enforced,
+  ],
+  [
+    "gpu_power_limit_supported",
+    "0 when the GPU does not support software power limits (NVML NOT_SUPPORTED), else 1.",
+    (s) => s.supported !== false,
+  ],
+  [
+    "gpu_read_error",
+    "1 when some power facts of the GPU could not be read at this scrape, else 0.",
+    (s) => s.error !== undefined,
+  ],
+];
+
+/** Counters fed by agent events: field → name, help, label names. */
+const COUNTERS = {
+  capChanges: [
+    "cap_changes_total",
+    "Power limit changes written to GPUs, by kind (apply, drift, restore).",
+    ["kind"],
+  ],
+  clamps: [
+    "clamps_total",
+    "Requested power limits clamped to the GPU's min/max, by direction.",
+    ["direction"],
+  ],
+  nvmlErrors: [
+    "nvml_errors_total",
+    "Failed NVML calls, by function and return code.",
+    ["function", "code"],
+  ],
+  sourceErrors: [
+    "source_errors_total",
+    "Errors of the desired-cap source, by source and reason.",
+    ["source", "reason"],
+  ],
+  metricsServerErrors: [
+    "metrics_server_errors_total",
+    "Failures of the /metrics HTTP server (the agent keeps running), by reason.",
+    ["reason"],
+  ],
+  invalidRequests: [
+    "invalid_requests_total",
+    "Rejected power-limit requests, by reason.",
+    ["reason"],
+  ],
+  safeDefaults: [
+    "safe_default_applications_total",
+    "Times the safe default cap was chosen for a GPU.",
+    [],
+  ],
+  restores: [
+    "restores_total",
+    "GPUs restored to their baseline power limit, by reason.",
+    ["reason"],
+  ],
+  driftCorrections: [
+    "drift_corrections_total",
+    "Power limits re-applied after something else changed them.",
+    [],
+  ],
+  configReloads: ["config_reloads_total", "Caps file reloads, by result.", ["result"]],
+  reconcilePasses: ["reconcile_passes_total", "Reconcile passes, by result.", ["result"]],
+} as const;
+
+type Counters = { [K in keyof typeof COUNTERS]: Counter<typeof COUNTERS[K][2][number]> };
+
+/**
+ * Label-less gauges that are absent until there is a value: field → name, help. The node power
+ * budget's are set by each pass and removed when it goes away; PodResources' only while the
+ * pod → GPU mapping uses them.
+ */
+const OPTIONAL_GAUGES = {
+  lastSuccess: [
+    "last_successful_reconcile_timestamp_seconds",
+    "Unix time of the last successful reconcile pass (absent before the first).",
+  ],
+  staleness: [
+    "source_staleness_seconds",
+    "Seconds since the desired-cap source last synced (absent if it never did).",
+  ],
+  budget: [
+    "node_power_budget_watts",
+    "Node power budget in force (smaller of caps file budget and node annotation).",
+  ],
+  allocated: [
+    "node_power_allocated_watts",
+    "Sum of the power limits of all GPUs after the last pass (read back), counted against " +
+    "the node power budget.",
+  ],
+  overBudget: [
+    "node_power_over_budget",
+    "1 when even every capped GPU at its minimum does not fit the node power budget, else 0.",
+  ],
+  podResourcesUp: [
+    "pod_resources_up",
+    "1 when the last List of the kubelet's PodResources answered, 0 while it fails (pod → GPU " +
+    "allocations are frozen meanwhile).",
+  ],
+  podResourcesLastSuccess: [
+    "pod_resources_last_success_timestamp_seconds",
+    "Unix time of the last List of the kubelet's PodResources that answered.",
+  ],
+} as const;
+
+type OptionalGauges = Record<keyof typeof OPTIONAL_GAUGES, Gauge>;
+
+/** Build one metric per table row, keyed like the table. */
+function fromTable<T extends Record<string, readonly unknown[]>, M>(
+  table: T,
+  make: (row: T[keyof T]) => M,
+): Record<keyof T, M> {
+  return Object.fromEntries(
+    Object.entries(table).map(([key, row]) => [key, make(row as T[keyof T])]),
+  ) as Record<keyof T, M>;
+}
+
 /**
  * Create a {@link PrometheusTelemetry} with its own registry (no global state, no default
  * process metrics beyond `process_resident_memory_bytes` and `process_start_time_seconds`).
@@ -161,29 +304,13 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #labelSets = new Map<string, Set<string>>();
   #lastSuccessMs: number | null = null;
 
-  #capChanges: Counter<"kind">;
-  #clamps: Counter<"direction">;
-  #nvmlErrors: Counter<"function" | "code">;
-  #sourceErrors: Counter<"source" | "reason">;
-  #invalidRequests: Counter<"reason">;
-  #safeDefaults: Counter;
-  #restores: Counter<"reason">;
-  #driftCorrections: Counter;
-  #configReloads: Counter<"result">;
-  #reconcilePasses: Counter<"result">;
+  #counters: Counters;
+  #gauges: OptionalGauges;
   #reconcileDuration: Histogram;
   #reactionLatency: Histogram;
-  #lastSuccess: Gauge;
-  #staleness: Gauge;
-  #budget: Gauge;
-  #allocated: Gauge;
-  #overBudget: Gauge;
   #wattGauges: [WattField, Gauge<GpuLabel>][];
   #energy: Counter<GpuLabel>;
-  #managed: Gauge<GpuLabel>;
-  #readError: Gauge<GpuLabel>;
-  #enforced: Gauge<GpuLabel>;
-  #supported: Gauge<GpuLabel>;
+  #flagGauges: [(s: GpuStatusLike) => boolean | null | undefined, Gauge<GpuLabel>][];
 
   constructor(options: PrometheusTelemetryOptions) {
     this.#options = options;
@@ -214,78 +341,14 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       "Energy consumed by the GPU since the driver was loaded (resets on driver reload).",
       GPU_LABELS,
     );
-    this.#managed = gauge(
-      "gpu_managed",
-      "1 when the agent has changed the GPU's power limit (verified) and not restored it, else 0.",
-      GPU_LABELS,
-    );
-    this.#enforced = gauge(
-      "gpu_enforced",
-      "1 when the GPU holds the power limit the agent wants on it, 0 when it does not; " +
-        "absent while unknown (desired caps unknown).",
-      GPU_LABELS,
-    );
-    this.#supported = gauge(
-      "gpu_power_limit_supported",
-      "0 when the GPU does not support software power limits (NVML NOT_SUPPORTED), else 1.",
-      GPU_LABELS,
-    );
-    this.#readError = gauge(
-      "gpu_read_error",
-      "1 when some power facts of the GPU could not be read at this scrape, else 0.",
-      GPU_LABELS,
-    );
-
-    this.#capChanges = counter(
-      "cap_changes_total",
-      "Power limit changes written to GPUs, by kind (apply, drift, restore).",
-      ["kind"],
-    );
-    this.#clamps = counter(
-      "clamps_total",
-      "Requested power limits clamped to the GPU's min/max, by direction.",
-      ["direction"],
-    );
-    this.#nvmlErrors = counter(
-      "nvml_errors_total",
-      "Failed NVML calls, by function and return code.",
-      ["function", "code"],
-    );
-    this.#sourceErrors = counter(
-      "source_errors_total",
-      "Errors of the desired-cap source, by source and reason.",
-      ["source", "reason"],
-    );
-    this.#invalidRequests = counter(
-      "invalid_requests_total",
-      "Rejected power-limit requests, by reason.",
-      ["reason"],
-    );
-    this.#safeDefaults = counter(
-      "safe_default_applications_total",
-      "Times the safe default cap was chosen for a GPU.",
-      [],
-    );
-    this.#restores = counter(
-      "restores_total",
-      "GPUs restored to their baseline power limit, by reason.",
-      ["reason"],
-    );
-    this.#driftCorrections = counter(
-      "drift_corrections_total",
-      "Power limits re-applied after something else changed them.",
-      [],
-    );
-    this.#configReloads = counter(
-      "config_reloads_total",
-      "Caps file reloads, by result.",
-      ["result"],
-    );
-    this.#reconcilePasses = counter(
-      "reconcile_passes_total",
-      "Reconcile passes, by result.",
-      ["result"],
-    );
+    this.#flagGauges = GPU_FLAG_GAUGES.map(([name, help, value]) => [
+      value,
+      gauge(name, help, GPU_LABELS),
+    ]);
+    this.#counters = fromTable(
+      COUNTERS,
+      ([name, help, labels]) => counter(name, help, [...labels]),
+    ) as Counters;
     this.#reconcileDuration = new Histogram_({
       name: METRIC_PREFIX + "reconcile_duration_seconds",
       help: "Duration of reconcile passes.",
@@ -298,36 +361,11 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
       buckets: [...REACTION_LATENCY_BUCKETS],
       registers,
     });
-    this.#lastSuccess = gauge(
-      "last_successful_reconcile_timestamp_seconds",
-      "Unix time of the last successful reconcile pass (absent before the first).",
-      [],
-    );
-    this.#lastSuccess.remove({});
-    this.#staleness = gauge(
-      "source_staleness_seconds",
-      "Seconds since the desired-cap source last synced (absent if it never did).",
-      [],
-    );
-    this.#staleness.remove({});
-    // Node power budget: absent until a pass reports one, removed again when it goes away.
-    this.#budget = gauge(
-      "node_power_budget_watts",
-      "Node power budget in force (smaller of caps file budget and node annotation).",
-      [],
-    );
-    this.#allocated = gauge(
-      "node_power_allocated_watts",
-      "Power limits of all GPUs counted against the node power budget (capped GPUs at their " +
-        "cap, others at their enforced limit).",
-      [],
-    );
-    this.#overBudget = gauge(
-      "node_power_over_budget",
-      "1 when even every capped GPU at its minimum does not fit the node power budget, else 0.",
-      [],
-    );
-    for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
+    this.#gauges = fromTable(OPTIONAL_GAUGES, ([name, help]) => {
+      const g = gauge(name, help, []);
+      g.remove({});
+      return g;
+    });
 
     new Gauge_({
       name: "process_resident_memory_bytes",
@@ -345,14 +383,14 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
 
     // Series with a closed set of label values exist from the start (0), so rate() and
     // absent-vs-zero behave from the first scrape.
-    for (const kind of ["apply", "drift", "restore"]) this.#capChanges.inc({ kind }, 0);
-    for (const direction of ["up", "down"]) this.#clamps.inc({ direction }, 0);
+    for (const kind of ["apply", "drift", "restore"]) this.#counters.capChanges.inc({ kind }, 0);
+    for (const direction of ["up", "down"]) this.#counters.clamps.inc({ direction }, 0);
     for (const reason of ["unmanaged", "shutdown", "startup", "command"]) {
-      this.#restores.inc({ reason }, 0);
+      this.#counters.restores.inc({ reason }, 0);
     }
     for (const result of ["success", "failure"]) {
-      this.#configReloads.inc({ result }, 0);
-      this.#reconcilePasses.inc({ result }, 0);
+      this.#counters.configReloads.inc({ result }, 0);
+      this.#counters.reconcilePasses.inc({ result }, 0);
     }
   }
 
@@ -370,10 +408,24 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
 
   async #render(): Promise<string> {
     this.#fillGpuGauges();
-    this.#fillOptional(this.#staleness, "staleness", this.#options.staleness, 1);
+    this.#fillOptional(this.#gauges.staleness, "staleness", this.#options.staleness, 1);
+    if (this.#options.podResources) {
+      const read = this.#options.podResources;
+      let state: PodResourcesState | null = null;
+      this.#fillOptional(this.#gauges.podResourcesUp, "PodResources state", () => {
+        state = read();
+        return state === null ? null : state.up ? 1 : 0;
+      }, 1);
+      this.#fillOptional(
+        this.#gauges.podResourcesLastSuccess,
+        "PodResources last success",
+        () => (state as PodResourcesState | null)?.lastSuccessMs ?? null,
+        1 / 1000,
+      );
+    }
     if (this.#options.lastReconcileMs) {
       this.#fillOptional(
-        this.#lastSuccess,
+        this.#gauges.lastSuccess,
         "last reconcile",
         this.#options.lastReconcileMs,
         1 / 1000,
@@ -404,10 +456,7 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   #fillGpuGauges(): void {
     for (const [, gauge] of this.#wattGauges) gauge.reset();
     this.#energy.reset();
-    this.#managed.reset();
-    this.#readError.reset();
-    this.#enforced.reset();
-    this.#supported.reset();
+    for (const [, gauge] of this.#flagGauges) gauge.reset();
     if (!this.#options.statuses) return;
     let statuses: GpuStatusLike[];
     try {
@@ -421,11 +470,9 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     }
     for (const status of statuses) {
       const labels = { gpu: String(status.index), uuid: status.uuid, name: status.name };
-      this.#managed.set(labels, status.managed ? 1 : 0);
-      this.#readError.set(labels, status.error === undefined ? 0 : 1);
-      this.#supported.set(labels, status.supported === false ? 0 : 1);
-      if (status.enforced !== null && status.enforced !== undefined) {
-        this.#enforced.set(labels, status.enforced ? 1 : 0);
+      for (const [value, gauge] of this.#flagGauges) {
+        const flag = value(status);
+        if (flag !== null && flag !== undefined) gauge.set(labels, flag ? 1 : 0);
       }
       for (const [field, gauge] of this.#wattGauges) {
         const mw = status[field];
@@ -472,10 +519,10 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
 
   capChanged(change: CapChange): void {
     this.#safely("capChanged", () => {
-      this.#capChanges.inc({ kind: change.kind });
-      if (change.kind === "drift") this.#driftCorrections.inc();
+      this.#counters.capChanges.inc({ kind: change.kind });
+      if (change.kind === "drift") this.#counters.driftCorrections.inc();
       if (change.kind === "restore") {
-        this.#restores.inc(
+        this.#counters.restores.inc(
           this.#bounded("restores", { reason: change.restoreReason ?? "unknown" }),
         );
       }
@@ -483,47 +530,54 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
   }
 
   clamped(direction: "up" | "down"): void {
-    this.#safely("clamped", () => this.#clamps.inc({ direction }));
+    this.#safely("clamped", () => this.#counters.clamps.inc({ direction }));
   }
 
   nvmlError(fn: string, code: string): void {
     this.#safely(
       "nvmlError",
-      () => this.#nvmlErrors.inc(this.#bounded("nvml", { function: fn, code })),
+      () => this.#counters.nvmlErrors.inc(this.#bounded("nvml", { function: fn, code })),
     );
   }
 
   sourceError(source: string, reason: string): void {
     this.#safely(
       "sourceError",
-      () => this.#sourceErrors.inc(this.#bounded("source", { source, reason })),
+      () => this.#counters.sourceErrors.inc(this.#bounded("source", { source, reason })),
+    );
+  }
+
+  metricsServerError(reason: string): void {
+    this.#safely(
+      "metricsServerError",
+      () => this.#counters.metricsServerErrors.inc(this.#bounded("metrics_server", { reason })),
     );
   }
 
   invalidRequest(reason: string): void {
     this.#safely(
       "invalidRequest",
-      () => this.#invalidRequests.inc(this.#bounded("invalid", { reason })),
+      () => this.#counters.invalidRequests.inc(this.#bounded("invalid", { reason })),
     );
   }
 
   safeDefaultApplied(): void {
-    this.#safely("safeDefaultApplied", () => this.#safeDefaults.inc());
+    this.#safely("safeDefaultApplied", () => this.#counters.safeDefaults.inc());
   }
 
   configReload(result: "success" | "failure"): void {
-    this.#safely("configReload", () => this.#configReloads.inc({ result }));
+    this.#safely("configReload", () => this.#counters.configReloads.inc({ result }));
   }
 
   reconcileCompleted(info: { durationSeconds: number; ok: boolean; atMs: number }): void {
     this.#safely("reconcileCompleted", () => {
-      this.#reconcilePasses.inc({ result: info.ok ? "success" : "failure" });
+      this.#counters.reconcilePasses.inc({ result: info.ok ? "success" : "failure" });
       if (Number.isFinite(info.durationSeconds) && info.durationSeconds >= 0) {
         this.#reconcileDuration.observe(info.durationSeconds);
       }
       if (info.ok && Number.isFinite(info.atMs) && !this.#options.lastReconcileMs) {
         this.#lastSuccessMs = Math.max(this.#lastSuccessMs ?? 0, info.atMs);
-        this.#lastSuccess.set(this.#lastSuccessMs / 1000);
+        this.#gauges.lastSuccess.set(this.#lastSuccessMs / 1000);
       }
     });
   }
@@ -538,13 +592,15 @@ class PrometheusTelemetryImpl implements PrometheusTelemetry {
     this.#safely("budgetAllocated", () => {
       const { budgetMw, allocatedMw } = info;
       if (typeof budgetMw !== "number" || !Number.isFinite(budgetMw)) {
-        for (const g of [this.#budget, this.#allocated, this.#overBudget]) g.remove({});
+        for (const g of [this.#gauges.budget, this.#gauges.allocated, this.#gauges.overBudget]) {
+          g.remove({});
+        }
         return;
       }
-      this.#budget.set(budgetMw / 1000);
-      if (Number.isFinite(allocatedMw)) this.#allocated.set(allocatedMw / 1000);
-      else this.#allocated.remove({});
-      this.#overBudget.set(info.overBudget ? 1 : 0);
+      this.#gauges.budget.set(budgetMw / 1000);
+      if (Number.isFinite(allocatedMw)) this.#gauges.allocated.set(allocatedMw / 1000);
+      else this.#gauges.allocated.remove({});
+      this.#gauges.overBudget.set(info.overBudget ? 1 : 0);
     });
   }
 }

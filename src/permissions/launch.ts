@@ -166,7 +166,7 @@ export async function planLaunch(
     const permissionOptions: AgentPermissionOptions = {
       nvmlLibraryPath,
       stateDir: opts.stateDir,
-      capsFile: parsed.command === "run" || parsed.command === "check" ? opts.capsFile : undefined,
+      capsFile: parsed.command === "restore" ? undefined : opts.capsFile,
       metricsAddress: parsed.command === "run" ? opts.metricsAddress : undefined,
     };
     if (mode === "kubernetes") {

@@ -7,8 +7,7 @@
  *    they are after step 1, read back: a lowering that failed leaves its GPU at the old limit,
  *    and a raise that would then overshoot waits for a later pass instead of being written.
  */
-import { formatWatts } from "../reconcile/report.ts";
-import { type BudgetAllocation, type BudgetReduction, compareUuid } from "./budget.ts";
+import { compareUuid } from "./budget.ts";
 
 /** One power-limit write a pass wants. */
 export interface LimitChange {
@@ -72,22 +71,4 @@ export function admitRaises<T extends LimitChange>(
     }
   }
   return { admitted, deferred };
-}
-
-/** The pod Event / log text of a reduced cap: `reduced from 700 W to 500 W by the node power budget`. */
-export function describeBudgetReduction(reduction: BudgetReduction): string {
-  return `reduced from ${formatWatts(reduction.fromMw)} to ${
-    formatWatts(reduction.toMw)
-  } by the node power budget`;
-}
-
-/**
- * The warning logged when the budget cannot be met, or undefined when it can:
- * `node power budget 1000 W cannot be met: 1600 W allocated with every capped GPU at its minimum`.
- */
-export function describeOverBudget(allocation: BudgetAllocation): string | undefined {
-  if (!allocation.overBudget) return undefined;
-  return `node power budget ${formatWatts(allocation.budgetMw)} cannot be met: ` +
-    `${formatWatts(allocation.allocatedMw)} allocated with every capped GPU at its minimum ` +
-    "and the GPUs the agent does not cap at their current limits";
 }

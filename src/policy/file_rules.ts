@@ -62,12 +62,10 @@ export function describeCapsValue(value: CapsValue): string {
   return value.kind === "watts" ? `${value.watts} W` : `${value.percent}% of default`;
 }
 
-/** Whether a GPU name matches a glob: `*` any run of characters, `?` one; case-sensitive. */
-export function matchesNameGlob(pattern: string, name: string): boolean {
-  return globToRegExp(pattern).test(name);
-}
-
-/** Anchored regular expression for a name glob (`*`, `?`; every other character literal). */
+/**
+ * Anchored regular expression for a GPU name glob: `*` any run of characters, `?` one, every
+ * other character literal; case-sensitive.
+ */
 export function globToRegExp(pattern: string): RegExp {
   let source = "";
   for (const char of pattern) {

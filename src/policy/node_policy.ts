@@ -71,11 +71,14 @@ export function applyNodePolicy(spec: CapsSpec, options: NodePolicyOptions): Nod
     const fallback = defaultCaps.get(gpu.uuid);
     if (pod !== undefined) {
       if (rule !== undefined && pod.mw > rule.mw) {
+        // The pods keep being told (Events): what they asked, and that the ceiling lowered it.
         desired.set(gpu.uuid, {
+          ...pod,
           mw: rule.mw,
           reason: `${NODE_CEILING_REASON} ${formatWatts(rule.mw)} (${rule.reason}); ` +
             `${pod.reason} asked ${formatWatts(pod.mw)}`,
-          kind: pod.kind,
+          askedMw: pod.askedMw ?? pod.mw,
+          notes: [...(pod.notes ?? []), `lowered to the node ceiling ${formatWatts(rule.mw)}`],
         });
         ceilings.push({
           uuid: gpu.uuid,

@@ -14,6 +14,7 @@ import type { Observation } from "../reconcile/observe.ts";
 import type { JournalEntry } from "../state/journal.ts";
 import { type ClampDirection, clampMw } from "./clamp.ts";
 import type { DesiredCap, DesiredCaps, DesiredKind } from "./desired.ts";
+import { allocateBudget, type BudgetAllocation, type BudgetGpu } from "./budget.ts";
 
 /** What to restore a GPU to: the journaled pre-agent value, or the vendor default. */
 export type RestoreTarget = "baseline" | "default";
@@ -39,7 +40,7 @@ export type GpuIntent =
   | "error";
 
 /** Why the final target differs from the request. */
-export type LimitedBy = "device-min" | "device-max";
+export type LimitedBy = "device-min" | "device-max" | "budget";
 
 /** The plan for one GPU. */
 export interface GpuPlan extends GpuIdentity {
@@ -54,6 +55,8 @@ export interface GpuPlan extends GpuIdentity {
   clamp: ClampDirection;
   /** Why `targetMw` differs from `requestedMw`, when it does. */
   limitedBy?: LimitedBy;
+  /** The target before the node power budget lowered it (`limitedBy: "budget"`). */
+  reducedFromMw?: number;
   /** Source reason (file rule, pod), restore reason, or empty for an unmanaged GPU. */
   reason: string;
   /** The source's desired cap, when there is one (carries the pods to tell in Kubernetes mode). */
@@ -78,6 +81,8 @@ export interface PassPlan {
   absentUuids: string[];
   /** Pass-level failure (GPUs could not be listed): nothing is planned. */
   error?: string;
+  /** The node power budget's allocation, when a budget applied this pass. */
+  budget?: BudgetAllocation;
 }
 
 /** Options of {@linkcode planPass}. */
@@ -86,6 +91,11 @@ export interface PlanOptions {
   restoreTo?: RestoreTarget;
   /** Why unmanaged journaled GPUs are restored (log text). Default `unmanaged`. */
   restoreReason?: RestoreReason;
+  /**
+   * The node power budget, milliwatts (null/absent: none). Applied after `decideTarget` to every
+   * GPU with readable limits (see {@linkcode applyBudget}); ignored while desired caps are unknown.
+   */
+  budgetMw?: number | null;
 }
 
 const RESTORE_REASON_TEXT: Readonly<Record<RestoreReason, string>> = Object.freeze({
@@ -160,14 +170,9 @@ export function planPass(
       }
       const requestedMw = Math.round(want.mw);
       const target = decideTarget(requestedMw, g.limits);
-      const intent = g.limits.limitMw === target.mw
-        ? "leave"
-        : entry && entry.appliedMw === target.mw
-        ? "drift"
-        : "apply";
       return {
         ...base,
-        intent,
+        intent: intentFor(g.limits, target.mw, entry),
         targetMw: target.mw,
         requestedMw,
         clamp: target.clamp,
@@ -185,7 +190,65 @@ export function planPass(
       };
     }
   });
-  return { gpus, desiredKnown: desired !== null, absentUuids };
+  const plan: PassPlan = { gpus, desiredKnown: desired !== null, absentUuids };
+  if (desired !== null && options.budgetMw !== undefined && options.budgetMw !== null) {
+    applyBudget(plan, { budgetMw: options.budgetMw, journal });
+  }
+  return plan;
+}
+
+/** A wanted target: in place (`leave`), re-applied after someone changed it (`drift`), or new. */
+function intentFor(limits: PowerLimits, targetMw: number, entry?: JournalEntry): GpuIntent {
+  if (limits.limitMw === targetMw) return "leave";
+  return entry && entry.appliedMw === targetMw ? "drift" : "apply";
+}
+
+/** GPUs the budget lowers a target of: those the plan sets a specific limit on. */
+function budgeted(p: GpuPlan): boolean {
+  return p.limits !== null && p.targetMw !== null &&
+    (p.intent === "apply" || p.intent === "drift" || p.intent === "restore" ||
+      (p.intent === "leave" && p.wanted));
+}
+
+/**
+ * Share the node power budget (`allocateBudget`): GPUs with a wanted limit want their target;
+ * every other GPU with readable limits counts at its current power limit and is not changed
+ * (GPUs whose limits cannot be read are left out: nothing is known of them). A reduced target
+ * gets `limitedBy: "budget"` and `reducedFromMw` (the text `reduced from A to B by the node
+ * power budget` is `reasonWithClamp`'s); a
+ * restore the budget reduces becomes an `apply` at the reduced value (the GPU stays managed
+ * until its baseline fits). Mutates `plan`.
+ */
+function applyBudget(
+  plan: PassPlan,
+  ctx: { budgetMw: number; journal: ReadonlyMap<string, JournalEntry> },
+): void {
+  const inputs: BudgetGpu[] = [];
+  for (const p of plan.gpus) {
+    if (p.limits === null || p.intent === "error") continue;
+    inputs.push({
+      uuid: p.uuid,
+      wantMw: budgeted(p) ? p.targetMw : null,
+      fixedMw: p.limits.limitMw,
+      minMw: p.limits.minMw,
+      maxMw: p.limits.maxMw,
+    });
+  }
+  const allocation = allocateBudget(inputs, { budgetMw: ctx.budgetMw });
+  plan.budget = allocation;
+  const reduced = new Map(allocation.reductions.map((r) => [r.uuid, r]));
+  plan.gpus = plan.gpus.map((p) => {
+    const r = reduced.get(p.uuid);
+    if (r === undefined || p.limits === null) return p;
+    return {
+      ...p,
+      intent: intentFor(p.limits, r.toMw, ctx.journal.get(p.uuid)),
+      targetMw: r.toMw,
+      limitedBy: "budget",
+      reducedFromMw: r.fromMw,
+      wanted: true,
+    };
+  });
 }
 
 function planRestore(

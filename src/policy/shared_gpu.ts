@@ -14,7 +14,7 @@
  */
 import type { DesiredCap, PodRef } from "./desired.ts";
 import type { PowerAnnotation } from "../sources/annotation.ts";
-import { formatWatts, type GpuOutcome } from "../reconcile/report.ts";
+import { describeBudgetReduction, formatWatts, type GpuOutcome } from "../reconcile/report.ts";
 
 /** One pod using a GPU, with its parsed annotation. */
 export interface GpuPod {
@@ -216,13 +216,29 @@ export function outcomeEvents(outcome: GpuOutcome, gpuLabel: string): OutcomeEve
     return on(
       "SafeDefaultApplied",
       "Warning",
-      `Safe default ${formatWatts(outcome.toMw)} applied to ${gpuLabel}: ${why}`,
+      `Safe default ${formatWatts(outcome.toMw)} applied to ${gpuLabel}: ${why}` +
+        (outcome.limitedBy === "budget" && outcome.reducedFromMw !== undefined
+          ? ` (${
+            describeBudgetReduction({
+              fromMw: outcome.reducedFromMw,
+              toMw: outcome.toMw ?? outcome.reducedFromMw,
+            })
+          })`
+          : ""),
     );
   }
   const notes = [...(cap.notes ?? [])];
-  if (outcome.clamp === "up") notes.push(`raised to the GPU minimum ${formatWatts(outcome.toMw)}`);
+  if (outcome.clamp === "up") {
+    notes.push(`raised to the GPU minimum ${formatWatts(outcome.reducedFromMw ?? outcome.toMw)}`);
+  }
   if (outcome.clamp === "down") {
-    notes.push(`lowered to the GPU maximum ${formatWatts(outcome.toMw)}`);
+    notes.push(`lowered to the GPU maximum ${formatWatts(outcome.reducedFromMw ?? outcome.toMw)}`);
+  }
+  if (outcome.limitedBy === "budget" && outcome.reducedFromMw !== undefined) {
+    notes.push(describeBudgetReduction({
+      fromMw: outcome.reducedFromMw,
+      toMw: outcome.toMw ?? outcome.reducedFromMw,
+    }));
   }
   const asked = cap.askedMw ?? cap.mw;
   if (notes.length > 0) {

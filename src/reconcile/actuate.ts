@@ -17,6 +17,8 @@ import type { RestoreReason, Telemetry } from "../metrics/telemetry.ts";
 import { noopTelemetry } from "../metrics/telemetry.ts";
 import type { GpuPlan, PassPlan } from "../policy/plan.ts";
 import { writes } from "../policy/plan.ts";
+import type { BudgetAllocation } from "../policy/budget.ts";
+import { admitRaises, orderLimitChanges } from "../policy/budget_order.ts";
 import type { Journal } from "../state/journal.ts";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
@@ -145,12 +147,9 @@ export class Actuator {
       });
     }
 
-    // Decreases first, then increases: the total never exceeds what either plan allows.
-    const ordered = [
-      ...toWrite.filter((p) => p.targetMw! < p.fromMw!),
-      ...toWrite.filter((p) => p.targetMw! >= p.fromMw!),
-    ];
-    for (const p of ordered) {
+    // Decreases first, then increases: the total never exceeds what either plan allows. Under a
+    // node power budget a raise is written only while Σ limits (as read back) stays within it.
+    const carry = (p: GpuPlan) => {
       if (blocked !== undefined && p.intent !== "restore") {
         outcomes.set(p.uuid, {
           ...outcomeOf(p),
@@ -158,7 +157,7 @@ export class Actuator {
           enforced: false,
           error: `Not changing GPU ${p.uuid}: its baseline could not be saved (${blocked})`,
         });
-        continue;
+        return;
       }
       try {
         const written = this.#write(p, { recorded: recorded.has(p.uuid), now, options });
@@ -172,7 +171,21 @@ export class Actuator {
         log.error("{message}", { message: error, uuid: p.uuid, index: p.index });
         outcomes.set(p.uuid, { ...outcomeOf(p), action: "error", enforced: false, error });
       }
+    };
+    const { lowers, raises } = orderLimitChanges(
+      toWrite.map((p) => ({ uuid: p.uuid, fromMw: p.fromMw!, toMw: p.targetMw!, plan: p })),
+    );
+    for (const c of lowers) carry(c.plan);
+    let admitted = raises;
+    if (plan.budget !== undefined) {
+      const split = admitRaises(raises, {
+        budgetMw: plan.budget.budgetMw,
+        currentTotalMw: limitsNow(plan, outcomes),
+      });
+      admitted = split.admitted;
+      for (const c of split.deferred) outcomes.set(c.uuid, this.#deferred(c.plan, plan.budget));
     }
+    for (const c of admitted) carry(c.plan);
 
     try {
       journal.save();
@@ -334,6 +347,19 @@ export class Actuator {
     );
   }
 
+  /** A raise held back because it would take Σ limits above the budget (retried next pass). */
+  #deferred(p: GpuPlan, budget: BudgetAllocation): GpuOutcome {
+    const error = `Raising GPU ${p.uuid} to ${formatWatts(p.targetMw)} deferred: the node's ` +
+      `power limits would exceed the node power budget ${formatWatts(budget.budgetMw)} ` +
+      "while another GPU has not been lowered yet; retrying next pass";
+    getLogger(["gpu-power-agent", "reconcile"]).warn("{message}", {
+      message: error,
+      uuid: p.uuid,
+      index: p.index,
+    });
+    return { ...outcomeOf(p), action: "error", toMw: p.fromMw, enforced: false, error };
+  }
+
   #markUnsupported(p: GpuPlan, message: string): GpuOutcome {
     if (this.#unsupported.get(p.uuid) !== message) {
       this.#unsupported.set(p.uuid, message);
@@ -352,4 +378,18 @@ export class Actuator {
       error: message,
     };
   }
+}
+
+/**
+ * Σ of every GPU's power limit now: what a GPU written this pass read back (its old limit when
+ * the write failed), else what it was observed at. GPUs whose limits are unknown count as 0.
+ */
+function limitsNow(plan: PassPlan, outcomes: ReadonlyMap<string, GpuOutcome>): number {
+  let total = 0;
+  for (const p of plan.gpus) {
+    if (p.fromMw === null) continue;
+    const o = outcomes.get(p.uuid);
+    total += o?.changed && o.toMw !== null ? o.toMw : p.fromMw;
+  }
+  return total;
 }

@@ -18,7 +18,14 @@ import type { RestoreTarget } from "../policy/plan.ts";
 import { Actuator, type BackoffPolicy } from "./actuate.ts";
 import { observeGpus } from "./observe.ts";
 import { reconcilePass } from "./pass.ts";
-import { describePlan, type GpuOutcome, type PassReport } from "./report.ts";
+import {
+  type BudgetReport,
+  describeBudget,
+  describePlan,
+  type GpuOutcome,
+  type PassReport,
+} from "./report.ts";
+import type { BudgetSource, EffectiveBudget } from "../sources/budget_annotation.ts";
 import { restoreAll } from "./restore.ts";
 
 /** A GPU whose wanted limit is not in place (for readiness). */
@@ -41,6 +48,13 @@ export interface EnforcementState {
   passError?: { sinceMs: number; error: string };
 }
 
+/** The node power budget of the last pass, and where it came from. */
+export interface LoopBudget extends BudgetReport {
+  source: BudgetSource | null;
+}
+
+const NO_BUDGET: EffectiveBudget = Object.freeze({ budgetMw: null, source: null });
+
 /** Options of `ReconcileLoop`. */
 export interface ReconcileLoopOptions {
   journal: Journal;
@@ -50,11 +64,9 @@ export interface ReconcileLoopOptions {
   clock?: Clock;
   /** Default `baseline`. */
   restoreTo?: RestoreTarget;
-  /** Print the plan; never set a limit, write the journal or post an Event. */
-  dryRun?: boolean;
   /** Per-GPU retry backoff (default 1 s doubling to 5 min). */
   backoff?: BackoffPolicy;
-  /** Where the dry-run plan is printed (default: the log). */
+  /** Where the plan is printed in dry run (a read-only journal; default: the log). */
   printPlan?: (lines: string[]) => void;
 }
 
@@ -73,7 +85,6 @@ export class ReconcileLoop {
   #clock: Clock;
   #intervalMs: number;
   #restoreTo: RestoreTarget;
-  #dryRun: boolean;
   #started = false;
   #stopped = false;
   #passing = false;
@@ -93,6 +104,9 @@ export class ReconcileLoop {
   #outcomes = new Map<string, GpuOutcome>();
   #unenforced = new Map<string, Unenforced>();
   #passError: { sinceMs: number; error: string } | undefined;
+  #lastBudget: LoopBudget | null = null;
+  #budgetState: string | undefined;
+  #budgetWarning: string | undefined;
 
   constructor(gpu: GpuControl, source: CapSource, options: ReconcileLoopOptions) {
     if (!(options.intervalMs > 0)) {
@@ -105,7 +119,6 @@ export class ReconcileLoop {
     this.#clock = options.clock ?? systemClock;
     this.#intervalMs = options.intervalMs;
     this.#restoreTo = options.restoreTo ?? "baseline";
-    this.#dryRun = options.dryRun ?? false;
     this.#actuator = new Actuator(gpu, {
       journal: this.#journal,
       telemetry: this.#telemetry,
@@ -153,6 +166,11 @@ export class ReconcileLoop {
     return this.#lastDesired;
   }
 
+  /** The node power budget as of the last planned pass (null: none). */
+  get lastBudget(): LoopBudget | null {
+    return this.#lastBudget;
+  }
+
   /** Passes run so far. */
   get passCount(): number {
     return this.#passCount;
@@ -193,13 +211,13 @@ export class ReconcileLoop {
     this.#pending = false;
     this.#clearTimer("trigger");
     this.#clearTimer("interval");
-    if (!options.restore) return Promise.resolve(null);
+    // A dry run (read-only journal) changed nothing: nothing to restore.
+    if (!options.restore || this.#journal.readOnly) return Promise.resolve(null);
     return Promise.resolve(restoreAll(this.#gpu, {
       journal: this.#journal,
       reason: "shutdown",
       restoreTo: this.#restoreTo,
       telemetry: this.#telemetry,
-      dryRun: this.#dryRun,
       clock: this.#clock,
     }));
   }
@@ -250,7 +268,7 @@ export class ReconcileLoop {
         gpus: [],
         writes: 0,
         ok: false,
-        dryRun: this.#dryRun,
+        dryRun: this.#journal.readOnly,
         desiredKnown: false,
         absentUuids: [],
         error: message,
@@ -272,6 +290,7 @@ export class ReconcileLoop {
       const observation = observeGpus(this.#gpu, {
         telemetry: this.#telemetry,
         pids: this.#source.needsPids ?? false,
+        migDevices: this.#source.needsMigDevices ?? false,
       });
       let desired: DesiredCaps | null = null;
       let sourceError: string | undefined;
@@ -286,18 +305,19 @@ export class ReconcileLoop {
         }
       }
       this.#lastDesired = desired;
+      const budget = this.#readBudget();
       report = reconcilePass(this.#gpu, desired, {
+        budgetMw: budget.budgetMw,
         journal: this.#journal,
         telemetry: this.#telemetry,
         restoreTo: this.#restoreTo,
-        dryRun: this.#dryRun,
         restoreReason: this.#startupDone ? "unmanaged" : "startup",
         observation,
         actuator: this.#actuator,
         sourceError,
         clock: this.#clock,
         onPlan: (plan) => {
-          if (!this.#dryRun) return;
+          if (!this.#journal.readOnly) return;
           const text = describePlan(plan).join("\n");
           if (text === this.#lastPlanText) return;
           this.#lastPlanText = text;
@@ -305,9 +325,10 @@ export class ReconcileLoop {
         },
       });
       if (desired !== null) this.#startupDone = true;
+      this.#reportBudget(report, budget);
       if (!report.dryRun) {
         try {
-          this.#source.report?.(report.gpus, { dryRun: false });
+          this.#source.report?.(report.gpus);
         } catch (err) {
           getLogger(["gpu-power-agent", "reconcile"]).error("Source report failed: {error}", {
             error: err instanceof Error ? err.message : String(err),
@@ -327,6 +348,48 @@ export class ReconcileLoop {
       this.#telemetry.reactionLatency(Math.max(0, endMs - triggerAt) / 1000);
     }
     return report;
+  }
+
+  /** The source's node power budget now; a failing source means no budget this pass. */
+  #readBudget(): EffectiveBudget {
+    try {
+      return this.#source.budget?.() ?? NO_BUDGET;
+    } catch (err) {
+      getLogger(["gpu-power-agent", "reconcile"]).error(
+        "Source {source} failed to give the node power budget: {error}",
+        { source: this.#source.name, error: err instanceof Error ? err.message : String(err) },
+      );
+      return NO_BUDGET;
+    }
+  }
+
+  /** Budget gauges after every pass; a log line when the budget or over-budget state changes. */
+  #reportBudget(report: PassReport, budget: EffectiveBudget): void {
+    const log = getLogger(["gpu-power-agent", "reconcile"]);
+    if (budget.warning !== undefined && budget.warning !== this.#budgetWarning) {
+      log.warn("{message}", { message: budget.warning });
+    }
+    this.#budgetWarning = budget.warning;
+    if (!report.desiredKnown) return; // nothing was planned: keep the last figures
+    const b = report.budget;
+    this.#lastBudget = b ? { ...b, source: budget.source } : null;
+    this.#telemetry.budgetAllocated(
+      b
+        ? { budgetMw: b.budgetMw, allocatedMw: b.allocatedMw, overBudget: b.overBudget }
+        : { budgetMw: null, allocatedMw: 0, overBudget: false },
+    );
+    const state = b === undefined
+      ? "none"
+      : `${b.budgetMw}/${budget.source}/${b.overBudget ? "over" : "ok"}`;
+    if (state === this.#budgetState) return;
+    this.#budgetState = state;
+    if (b === undefined) {
+      log.info("No node power budget");
+      return;
+    }
+    const fields = { message: describeBudget(b), source: budget.source };
+    if (b.overBudget) log.warn("{message} (source: {source})", fields);
+    else log.info("{message} (source: {source})", fields);
   }
 
   /** Update enforcement state from a pass's outcomes. */

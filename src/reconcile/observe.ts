@@ -1,10 +1,10 @@
 /**
  * Observe: one snapshot of every GPU per pass — identity, power limits (or why they cannot be
- * read), and the compute PIDs when the source needs them. Sources and the planner work from this
- * snapshot only; nothing else reads NVML during a pass.
+ * read), the compute PIDs and the MIG device UUIDs when the source needs them. Sources and the
+ * planner work from this snapshot only; nothing else reads NVML during a pass.
  *
  * NVML cost: `listGpus()` + one `readLimits()` per GPU (+ one `computePids()` per GPU with
- * `pids: true`).
+ * `pids: true`, + one `migDeviceUuids()` per GPU with `migDevices: true`).
  *
  * @module
  */
@@ -24,6 +24,12 @@ export interface ObservedGpu extends GpuIdentity {
   /** Compute PIDs (MIG rolled up); null when not read this pass or unreadable (`pidsError`). */
   pids: readonly number[] | null;
   pidsError?: string;
+  /**
+   * UUIDs of the GPU's MIG devices (empty when MIG is off); absent when not read this pass, null
+   * when unreadable (`migError`).
+   */
+  migDeviceUuids?: readonly string[] | null;
+  migError?: string;
 }
 
 /** The GPUs as observed at the start of a pass. */
@@ -38,6 +44,8 @@ export interface ObserveOptions {
   telemetry?: Telemetry;
   /** Read each GPU's compute PIDs too (only when the source needs them: `CapSource.needsPids`). */
   pids?: boolean;
+  /** Read each GPU's MIG device UUIDs too (`CapSource.needsMigDevices`). */
+  migDevices?: boolean;
 }
 
 /** List GPUs and read each one once. Failures are recorded per GPU, never thrown. */
@@ -70,6 +78,15 @@ export function observeGpus(gpu: GpuControl, options: ObserveOptions = {}): Obse
         } catch (err) {
           countNvmlError(err, telemetry);
           observed.pidsError = errorText(err);
+        }
+      }
+      if (options.migDevices) {
+        try {
+          observed.migDeviceUuids = gpu.migDeviceUuids(identity.index);
+        } catch (err) {
+          countNvmlError(err, telemetry);
+          observed.migDeviceUuids = null;
+          observed.migError = errorText(err);
         }
       }
       return observed;

@@ -1,7 +1,8 @@
 /**
  * One level-triggered reconcile pass: observe → plan → actuate → report. Each GPU is handled on
  * its own: one GPU's failure never blocks the others, and a GPU whose state cannot be read is
- * never touched. In dry run the plan is reported as outcomes and nothing is written.
+ * never touched. Over a read-only journal (`run --dry-run`) the pass stops after planning: the
+ * plan is reported as outcomes and nothing is set or written.
  *
  * NVML cost of a steady-state pass: `listGpus()` + one `readLimits()` per GPU, no writes, no
  * journal write. A change adds `setLimit()` + one read-back `readLimits()` for that GPU.
@@ -19,7 +20,7 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import { Actuator } from "./actuate.ts";
 import { type Observation, observeGpus } from "./observe.ts";
-import { emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
+import { type BudgetReport, emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
 
 /** Options of `reconcilePass`. */
 export interface ReconcilePassOptions {
@@ -27,8 +28,6 @@ export interface ReconcilePassOptions {
   telemetry?: Telemetry;
   /** Restore unmanaged GPUs to their baseline (default) or the vendor default. */
   restoreTo?: RestoreTarget;
-  /** Plan only: never set a limit or write the journal. */
-  dryRun?: boolean;
   /** Label for restores of GPUs without a desired cap: `startup` on the first pass, else `unmanaged`. */
   restoreReason?: RestoreReason;
   /** Observation already made this pass (avoids reading every GPU twice); read here if omitted. */
@@ -37,6 +36,8 @@ export interface ReconcilePassOptions {
   actuator?: Actuator;
   /** The source failed this pass (desired is then null): the pass is not ok. */
   sourceError?: string;
+  /** The node power budget, milliwatts (null/absent: none). */
+  budgetMw?: number | null;
   /** Called with the plan before anything is changed (dry run prints it). */
   onPlan?: (plan: PassPlan) => void;
   clock?: Clock;
@@ -55,7 +56,7 @@ export function reconcilePass(
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;
-  const dryRun = (options.dryRun ?? false) || journal.dryRun;
+  const dryRun = journal.readOnly;
   const startedMs = clock.now();
   const report = emptyReport({ dryRun, desiredKnown: desired !== null, startedMs });
 
@@ -63,6 +64,7 @@ export function reconcilePass(
   const plan = planPass(observation, desired, journal.entries(), {
     restoreTo: options.restoreTo,
     restoreReason: options.restoreReason,
+    budgetMw: options.budgetMw,
   });
   report.absentUuids = plan.absentUuids;
   if (plan.absentUuids.length > 0) {
@@ -82,6 +84,9 @@ export function reconcilePass(
     report.writes = result.writes;
     if (result.error !== undefined) report.error = result.error;
   }
+  if (plan.budget !== undefined && plan.error === undefined) {
+    report.budget = budgetReport(plan, report, dryRun);
+  }
   if (options.sourceError !== undefined) report.error ??= options.sourceError;
   summarize(report);
   report.ok = report.error === undefined && report.desiredKnown &&
@@ -94,4 +99,24 @@ export function reconcilePass(
     atMs: endMs,
   });
   return report;
+}
+
+/** The budget part of a report: Σ limits in place after the pass (dry run: as planned). */
+function budgetReport(plan: PassPlan, report: PassReport, dryRun: boolean): BudgetReport {
+  const allocation = plan.budget!;
+  const index = new Map(plan.gpus.map((p) => [p.uuid, p.index]));
+  let allocatedMw = allocation.allocatedMw;
+  if (!dryRun) {
+    allocatedMw = 0;
+    for (const g of report.gpus) {
+      if (g.fromMw === null) continue;
+      allocatedMw += g.changed && g.toMw !== null ? g.toMw : g.fromMw;
+    }
+  }
+  return {
+    budgetMw: allocation.budgetMw,
+    allocatedMw,
+    overBudget: allocation.overBudget,
+    reductions: allocation.reductions.map((r) => ({ ...r, index: index.get(r.uuid) ?? -1 })),
+  };
 }

@@ -7,6 +7,7 @@
  */
 import type { DesiredCap, DesiredKind } from "../policy/desired.ts";
 import type { GpuPlan, LimitedBy, PassPlan } from "../policy/plan.ts";
+import type { BudgetAllocation, BudgetReduction } from "../policy/budget.ts";
 
 /** What a pass did to one GPU (in dry run: would do). */
 export type GpuAction =
@@ -39,6 +40,8 @@ export interface GpuOutcome {
   clamp: "none" | "up" | "down";
   /** Why the target differs from the request. */
   limitedBy?: LimitedBy;
+  /** The target before the node power budget lowered it (`limitedBy: "budget"`). */
+  reducedFromMw?: number;
   /** Why: source reason, restore reason, or empty for an unmanaged GPU. */
   reason: string;
   /** The source's desired cap (carries the pods to tell). */
@@ -78,8 +81,24 @@ export interface PassReport {
   absentUuids: string[];
   /** Pass-level failure: listing GPUs, the source, or saving the journal. */
   error?: string;
+  /** The node power budget and what this pass did under it; absent when no budget applied. */
+  budget?: BudgetReport;
   startedMs: number;
   durationMs: number;
+}
+
+/** What a pass did under the node power budget. */
+export interface BudgetReport {
+  budgetMw: number;
+  /**
+   * Σ of every GPU's power limit after the pass (as read back; in dry run: as planned). GPUs
+   * whose limits cannot be read are not counted.
+   */
+  allocatedMw: number;
+  /** Even every capped GPU at its minimum does not fit. */
+  overBudget: boolean;
+  /** GPUs whose target the budget lowered, in UUID order. */
+  reductions: { uuid: string; index: number; fromMw: number; toMw: number }[];
 }
 
 /**
@@ -118,6 +137,7 @@ export function outcomeOf(plan: GpuPlan, fields: Partial<GpuOutcome> = {}): GpuO
     requestedMw: plan.requestedMw,
     clamp: plan.clamp,
     ...(plan.limitedBy ? { limitedBy: plan.limitedBy } : {}),
+    ...(plan.reducedFromMw !== undefined ? { reducedFromMw: plan.reducedFromMw } : {}),
     reason: plan.reason,
     ...(plan.desired ? { desired: plan.desired } : {}),
     desiredKind: plan.desiredKind,
@@ -203,12 +223,45 @@ export function describePlan(plan: PassPlan): string[] {
   });
 }
 
-/** The reason, with the device clamp spelled out when there was one. */
-export function reasonWithClamp(
-  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw">,
+/**
+ * One line about a planned node power budget, e.g. `node power budget 4000 W: 4000 W allocated,
+ * 8 GPU(s) reduced by it`, or `… cannot be met: …` when even every minimum is too much.
+ */
+export function describeBudget(
+  b: Pick<BudgetAllocation, "budgetMw" | "allocatedMw" | "overBudget" | "reductions">,
 ): string {
-  if (g.clamp === "none" || g.requestedMw === null) return g.reason;
-  const bound = g.clamp === "up" ? "the GPU minimum" : "the GPU maximum";
-  return `${g.reason}; requested ${formatWatts(g.requestedMw)} clamped ${g.clamp} to ${bound} ` +
-    formatWatts(g.toMw);
+  const head = `node power budget ${formatWatts(b.budgetMw)}`;
+  if (b.overBudget) {
+    return `${head} cannot be met: ${formatWatts(b.allocatedMw)} allocated with every capped ` +
+      "GPU at its minimum";
+  }
+  return `${head}: ${formatWatts(b.allocatedMw)} allocated, ${b.reductions.length} GPU(s) ` +
+    "reduced by it";
+}
+
+/** The pod Event / log text of a reduced cap: `reduced from 700 W to 500 W by the node power budget`. */
+export function describeBudgetReduction(
+  reduction: Pick<BudgetReduction, "fromMw" | "toMw"> & { uuid?: string },
+): string {
+  return `reduced from ${formatWatts(reduction.fromMw)} to ${
+    formatWatts(reduction.toMw)
+  } by the node power budget`;
+}
+
+/** The reason, with the device clamp and the node power budget spelled out when they acted. */
+export function reasonWithClamp(
+  g: Pick<GpuOutcome, "reason" | "clamp" | "requestedMw" | "toMw" | "limitedBy" | "reducedFromMw">,
+): string {
+  const parts = g.reason ? [g.reason] : [];
+  if (g.clamp !== "none" && g.requestedMw !== null) {
+    const bound = g.clamp === "up" ? "the GPU minimum" : "the GPU maximum";
+    parts.push(
+      `requested ${formatWatts(g.requestedMw)} clamped ${g.clamp} to ${bound} ` +
+        formatWatts(g.reducedFromMw ?? g.toMw),
+    );
+  }
+  if (g.limitedBy === "budget" && g.reducedFromMw !== undefined && g.toMw !== null) {
+    parts.push(describeBudgetReduction({ fromMw: g.reducedFromMw, toMw: g.toMw }));
+  }
+  return parts.join("; ");
 }

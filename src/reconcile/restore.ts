@@ -2,7 +2,7 @@
  * Putting GPUs back: plan a restore of every journaled GPU to its recorded baseline (or the
  * vendor default with `restoreTo: "default"`) and carry it out like any other plan. One GPU's
  * failure never blocks the others, and a failed GPU keeps its journal entry so a later restore
- * can retry.
+ * can retry. Over a read-only journal it only reports what would be restored.
  *
  * @module
  */
@@ -26,8 +26,6 @@ export interface RestoreAllOptions {
   /** Default `baseline`. */
   restoreTo?: RestoreTarget;
   telemetry?: Telemetry;
-  /** Report what would be restored; change nothing, write nothing. */
-  dryRun?: boolean;
   clock?: Clock;
 }
 
@@ -40,7 +38,7 @@ export function restoreAll(gpu: GpuControl, options: RestoreAllOptions): PassRep
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;
-  const dryRun = (options.dryRun ?? false) || journal.dryRun;
+  const dryRun = journal.readOnly;
   const report = emptyReport({ dryRun, desiredKnown: true, startedMs: clock.now() });
   if (journal.size > 0) {
     const observation = observeGpus(gpu, { telemetry });

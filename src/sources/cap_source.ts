@@ -5,6 +5,8 @@ import type { GpuIdentity } from "../nvml/gpu_control.ts";
 import type { DesiredCaps } from "../policy/desired.ts";
 import type { Observation } from "../reconcile/observe.ts";
 import type { GpuOutcome } from "../reconcile/report.ts";
+import type { EffectiveBudget } from "./budget_annotation.ts";
+import type { PodResourcesHealth } from "./pod_resources_tracker.ts";
 
 export type { DesiredCap, DesiredCaps, DesiredKind, PodRef } from "../policy/desired.ts";
 
@@ -22,6 +24,11 @@ export interface GpuView extends GpuIdentity {
   pids: readonly number[] | null;
   /** Why the PIDs could not be read this pass. */
   pidsError?: string;
+  /**
+   * UUIDs of the GPU's MIG devices observed this pass (empty when MIG is off); absent when not
+   * read (the source does not need them), null when unreadable.
+   */
+  migDeviceUuids?: readonly string[] | null;
 }
 
 /** Freshness of a source, for readiness and metrics. */
@@ -40,6 +47,8 @@ export interface CapSource {
   readonly name: string;
   /** True when `desired()` needs the compute PIDs of each GPU (observed once per pass for it). */
   readonly needsPids?: boolean;
+  /** True when `desired()` needs the MIG device UUIDs of each GPU (observed once per pass). */
+  readonly needsMigDevices?: boolean;
   /**
    * Load/sync for the first time and begin watching. Calls `onChange` whenever the desired caps
    * may have changed (debounced by the source). Rejects on invalid configuration at start.
@@ -54,9 +63,19 @@ export interface CapSource {
    * What happened this pass, after actuation: the outcomes are the one source of what the source
    * tells others (Kubernetes Events). Not called in dry run.
    */
-  report?(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void;
+  report?(outcomes: readonly GpuOutcome[]): void;
+  /**
+   * The node power budget in force now (caps file `budget`, node annotation); absent or
+   * `budgetMw: null`: no budget. Read once per pass, after `desired()`.
+   */
+  budget?(): EffectiveBudget;
   /** Current health. */
   health(): SourceHealth;
+  /**
+   * Freshness of the kubelet's PodResources when the source maps pods to GPUs through them
+   * (metrics); absent or null otherwise. A source wrapping another forwards it.
+   */
+  podResourcesHealth?(): PodResourcesHealth | null;
   /** Stop watching. Idempotent. */
   stop(): Promise<void>;
 }
@@ -74,6 +93,7 @@ export function gpuViews(observation: Observation): GpuView[] {
         minMw: g.limits.minMw,
         maxMw: g.limits.maxMw,
         pids: g.pids,
+        ...(g.migDeviceUuids !== undefined ? { migDeviceUuids: g.migDeviceUuids } : {}),
         ...(g.pidsError !== undefined ? { pidsError: g.pidsError } : {}),
       }]
       : []

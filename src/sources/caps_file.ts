@@ -29,6 +29,13 @@
  *   `line:column` (YAML and JSON alike).
  */
 import * as z from "zod/mini";
+import { dirname, resolve } from "node:path";
+import {
+  BoundedReadError,
+  type BoundedText,
+  READ_LIMITS,
+  readBoundedText,
+} from "../state/bounded_read.ts";
 
 /** Largest accepted `watts` value (a sanity bound against typos such as milliwatts). */
 export const MAX_CAP_WATTS = 100_000;
@@ -144,10 +151,19 @@ export async function parseCapsFile(
       reason: "the file is empty; it must contain at least `version: 1`",
     }]);
   }
-  const parsed = body.trimStart().startsWith("{")
-    ? parseJson(body, path)
-    : await parseYaml(body, path);
-  return validate(parsed, body, path);
+  try {
+    const parsed = body.trimStart().startsWith("{")
+      ? parseJson(body, path)
+      : await parseYaml(body, path);
+    return validate(parsed, body, path);
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    // Nesting deep enough to exhaust the stack is never a caps file.
+    throw new CapsFileError(path, [{
+      keyPath: "",
+      reason: "the file is nested too deeply to be a caps file",
+    }], { cause: error });
+  }
 }
 
 /**
@@ -160,13 +176,51 @@ export async function readCapsFile(path: string): Promise<CapsSpec> {
 
 /** Read a caps file's text; a missing or unreadable file throws {@link CapsFileError}. */
 export async function readCapsFileText(path: string): Promise<string> {
+  return (await readCapsFileSnapshot(path)).text;
+}
+
+/**
+ * Read a caps file through the bounded reader (regular file, at most
+ * {@linkcode READ_LIMITS.capsFile} bytes) after checking that its real path stays inside its
+ * directory (see {@linkcode capsFileRealPath}). Returns the text and the opened file's `fstat`.
+ * Every problem is a {@link CapsFileError} naming the file; contents are never echoed.
+ */
+export async function readCapsFileSnapshot(path: string): Promise<BoundedText> {
   try {
-    return await Deno.readTextFile(path);
+    for (let attempt = 0;; attempt++) {
+      const real = await capsFileRealPath(path);
+      const read = await readBoundedText(path, { limit: READ_LIMITS.capsFile, what: "caps file" });
+      // A symlink swapped between the check and the read: check (and read) again.
+      if (real === await capsFileRealPath(path) || attempt >= 2) return read;
+    }
   } catch (error) {
+    if (error instanceof CapsFileError) throw error;
     throw new CapsFileError(path, [{ keyPath: "", reason: describeReadError(error) }], {
       cause: error,
     });
   }
+}
+
+/**
+ * The caps file's real path, which must lie inside the real path of the caps file's directory:
+ * the agent may read only that directory, and a symlink out of it (to `/etc/passwd`, a secret)
+ * would escape that sandbox. Symlinks inside the directory (a ConfigMap volume's `..data`) are
+ * fine. Throws {@link CapsFileError} for a target outside; file-system errors pass through.
+ */
+export async function capsFileRealPath(path: string): Promise<string> {
+  const absolute = resolve(path);
+  const dir = dirname(absolute);
+  const [real, realDir] = await Promise.all([Deno.realPath(absolute), Deno.realPath(dir)]);
+  const inside = realDir === "/" ? real.startsWith("/") : real.startsWith(`${realDir}/`);
+  if (!inside) {
+    throw new CapsFileError(path, [{
+      keyPath: "",
+      reason: `it resolves (through a symlink) to ${real}, outside the caps file's directory ` +
+        `${dir}: refusing to read it. The agent reads only that directory; put the file there ` +
+        `(symlinks within the directory, such as a ConfigMap's ..data, are fine)`,
+    }]);
+  }
+  return real;
 }
 
 /** Why a caps file could not be read, for humans. */
@@ -175,6 +229,11 @@ export function describeReadError(error: unknown): string {
     return "file not found: create it or point --caps-file at an existing file";
   }
   if (error instanceof Deno.errors.IsADirectory) return "this is a directory, not a caps file";
+  if (error instanceof BoundedReadError) {
+    return error.problem === "not-regular" && error.message.includes("a directory")
+      ? "this is a directory, not a caps file"
+      : error.message.replace(`caps file ${error.path} `, "");
+  }
   return `cannot read the file: ${(error as Error).message}`;
 }
 
@@ -208,7 +267,10 @@ function parseJson(text: string, path: string): Parsed {
   } catch (error) {
     // Our scanner knows where; V8's message knows what. Prefer the scanner's position.
     let offset: number | undefined;
-    let reason = (error as Error).message.replace(/\s+in JSON at position \d+.*$/s, "");
+    // V8 quotes the text around the error (`Unexpected token 'd', "dbuser:S3"... is not valid
+    // JSON`): keep only what is wrong, never the file's contents.
+    let reason = (error as Error).message.replace(/\s+in JSON at position \d+.*$/s, "")
+      .replace(/,\s*".*$/s, "");
     try {
       scanJson(text);
     } catch (scanError) {
@@ -222,7 +284,11 @@ function parseJson(text: string, path: string): Parsed {
       if (match) offset = Number(match[1]);
     }
     throw new CapsFileError(path, [
-      withPosition({ keyPath: "", reason: `invalid JSON: ${reason}` }, text, offset),
+      withPosition(
+        { keyPath: "", reason: `invalid JSON: ${sanitizeMessage(reason)}` },
+        text,
+        offset,
+      ),
     ]);
   }
   let scan: JsonScan | undefined;
@@ -234,7 +300,7 @@ function parseJson(text: string, path: string): Parsed {
   const problems: RawProblem[] = (scan?.duplicates ?? []).map((d) => ({
     path: d.path,
     target: "key",
-    reason: `duplicate key "${d.path.at(-1)}": each key may appear once`,
+    reason: `duplicate key ${excerpt(String(d.path.at(-1)))}: each key may appear once`,
     offset: d.offset,
   }));
   const locate: Locator = (p, target) => {
@@ -255,7 +321,11 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
     throw new CapsFileError(
       path,
       doc.errors.map((e) =>
-        withPosition({ keyPath: "", reason: `invalid YAML: ${e.message}` }, text, e.pos[0])
+        withPosition(
+          { keyPath: "", reason: `invalid YAML: ${sanitizeMessage(e.message)}` },
+          text,
+          e.pos[0],
+        )
       ),
     );
   }
@@ -271,7 +341,7 @@ async function parseYaml(text: string, path: string): Promise<Parsed> {
   } catch (error) {
     throw new CapsFileError(path, [{
       keyPath: "",
-      reason: `invalid YAML: ${(error as Error).message}`,
+      reason: `invalid YAML: ${sanitizeMessage((error as Error).message)}`,
     }]);
   }
   const locate: Locator = (p, target) => {
@@ -390,11 +460,44 @@ function placeOf(path: readonly PathSegment[]): string {
   return String(path.at(-1));
 }
 
+/** Longest excerpt of a file's value or key ever shown in a message. */
+export const EXCERPT_CHARS = 40;
+
+/**
+ * A short, quoted, sanitised excerpt of a value from the file: at most {@linkcode EXCERPT_CHARS}
+ * characters, control characters escaped, `…` when cut. Messages never echo more of the file
+ * (it may be a secret the admin pointed the agent at by mistake).
+ */
+export function excerpt(value: string): string {
+  const chars = [...value.slice(0, EXCERPT_CHARS * 2 + 1)];
+  const cut = chars.length > EXCERPT_CHARS;
+  const quoted = JSON.stringify(chars.slice(0, EXCERPT_CHARS).join(""))
+    .replace(CONTROL_CHARS, unicodeEscape);
+  return cut ? `${quoted.slice(0, -1)}…"` : quoted;
+}
+
+/**
+ * A parser's message with every long token (an alias, a tag, a scalar the library quotes) cut to
+ * {@linkcode EXCERPT_CHARS} characters and control characters escaped.
+ */
+function sanitizeMessage(message: string): string {
+  return message
+    .replace(/\S{41,}/g, (token) => `${[...token].slice(0, EXCERPT_CHARS).join("")}…`)
+    .replace(CONTROL_CHARS, unicodeEscape);
+}
+
+// deno-lint-ignore no-control-regex -- escaping them is the point
+const CONTROL_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+function unicodeEscape(c: string): string {
+  return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+}
+
 function describeInput(input: unknown): string {
   if (input === null) return "an empty value";
   if (typeof input === "string") {
     const hint = input.trim() !== "" && !Number.isNaN(Number(input)) ? " (remove the quotes)" : "";
-    return `the string ${JSON.stringify(input)}${hint}`;
+    return `the string ${excerpt(input)}${hint}`;
   }
   if (Array.isArray(input)) return "a list";
   if (typeof input === "object") return "a mapping";
@@ -429,7 +532,9 @@ function issueProblems(issue: z.core.$ZodIssue): RawProblem[] {
     return issue.keys.map((key) => ({
       path: [...path, key],
       target: "key",
-      reason: `unknown key "${key}" (allowed here: ${allowed.join(", ")})${suggest(key, allowed)}`,
+      reason: `unknown key ${excerpt(key)} (allowed here: ${allowed.join(", ")})${
+        suggest(key, allowed)
+      }`,
     }));
   }
   if (issue.code === "custom") return [{ path, target: "value", reason: issue.message }];
@@ -534,8 +639,11 @@ export function formatKeyPath(path: readonly PathSegment[]): string {
   let out = "";
   for (const segment of path) {
     if (typeof segment === "number") out += `[${segment}]`;
-    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) out += out ? `.${segment}` : segment;
-    else out += `[${JSON.stringify(segment)}]`;
+    else if (segment.length <= EXCERPT_CHARS && /^[A-Za-z_][A-Za-z0-9_-]*$/.test(segment)) {
+      out += out ? `.${segment}` : segment;
+    } else {
+      out += `[${excerpt(segment)}]`; // a long or unusual key: a quoted excerpt
+    }
   }
   return out;
 }

@@ -8,6 +8,7 @@
  * (containerd `cri-containerd-….scope`, cri-o `crio-…`, docker): only the pod segment matters.
  * Paths relative to a cgroup namespace (`0::/../../kubepods-…`) work too.
  */
+import { READ_LIMITS, readBoundedTextSync } from "../state/bounded_read.ts";
 
 /**
  * Pod UIDs are UUIDs (`8-4-4-4-12` hex) or, for static pods, a 32-hex-digit hash; accept any
@@ -60,12 +61,15 @@ export function podUidFromCgroup(text: string): string | null {
 /**
  * The pod UID of process `pid` read from `<procRoot>/<pid>/cgroup`: a UID, `null` when the
  * process is not in a pod (host process), or `undefined` when the file cannot be read (the
- * process exited, or we may not read it). Never throws.
+ * process exited, or we may not read it) or is not a regular file of at most 64 KiB
+ * (`READ_LIMITS.cgroup`; `/proc` files report size 0, so the read itself is bounded). Never
+ * throws, never blocks on a FIFO.
  */
 export function readPodUidOfPid(procRoot: string, pid: number): string | null | undefined {
   let text: string;
   try {
-    text = Deno.readTextFileSync(`${procRoot}/${pid}/cgroup`);
+    const path = `${procRoot}/${pid}/cgroup`;
+    text = readBoundedTextSync(path, { limit: READ_LIMITS.cgroup, what: "cgroup file" }).text;
   } catch {
     return undefined;
   }

@@ -13,6 +13,13 @@
  *   good load; deleted → the last good caps stay, `problem` starts with `caps file missing`
  *   (`sourceError("file", "missing")`); unreadable → like invalid (`sourceError("file",
  *   "unreadable")`).
+ * - Half-written files are not applied: after a write event (`modify`/`create`) on the caps file
+ *   the re-read waits for the writer to close it (`access`: close-after-write) or, failing that,
+ *   for `settleMs` without further events; after parsing, the file is stat'ed again and re-read
+ *   later if its size or mtime moved. Writing a temp file and renaming it over the caps file
+ *   (atomic) is the recommended way to change it.
+ * - Reads are bounded (regular file, 1 MiB) and refuse a caps file whose real path leaves its
+ *   directory (see `readCapsFileSnapshot`).
  * - `reload()` (the CLI wires SIGHUP to it) re-reads and re-validates even if the text is unchanged,
  *   and on success always calls `onChange()` (a forced reconcile pass).
  *
@@ -24,13 +31,8 @@ import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
 import { type Clock, systemClock } from "../clock.ts";
 import { describeCapsValue, resolveFileCaps } from "../policy/file_rules.ts";
 import type { CapSource, DesiredCaps, GpuView, SourceHealth } from "./cap_source.ts";
-import {
-  CapsFileError,
-  type CapsSpec,
-  describeReadError,
-  parseCapsFile,
-  readCapsFileText,
-} from "./caps_file.ts";
+import type { EffectiveBudget } from "./budget_annotation.ts";
+import { CapsFileError, type CapsSpec, parseCapsFile, readCapsFileSnapshot } from "./caps_file.ts";
 
 /** Options of {@link createFileCapSource}. */
 export interface FileCapSourceOptions {
@@ -40,6 +42,11 @@ export interface FileCapSourceOptions {
   clock?: Clock;
   /** Quiet time after the last file system event before re-reading, ms; default 20. */
   debounceMs?: number;
+  /**
+   * Quiet time after a write to the caps file that was not followed by its close, ms; default
+   * 2000 (a writer pausing mid-file must not get its prefix applied).
+   */
+  settleMs?: number;
 }
 
 /** What a reload did (internal; tests observe it through health, telemetry and onChange). */
@@ -62,6 +69,13 @@ export class FileCapSource implements CapSource {
   #telemetry: Telemetry;
   #clock: Clock;
   #debounceMs: number;
+  #settleMs: number;
+  /** A write to the caps file was seen and its close not yet. */
+  #writing = false;
+  /** Write events seen on the caps file (a read is applied only if none came during it). */
+  #writeSeq = 0;
+  /** When the last write event on the caps file was seen (clock ms). */
+  #lastWriteMs = 0;
   #log: Logger;
 
   #spec: CapsSpec | null = null;
@@ -85,6 +99,7 @@ export class FileCapSource implements CapSource {
     this.#telemetry = options.telemetry ?? noopTelemetry;
     this.#clock = options.clock ?? systemClock;
     this.#debounceMs = options.debounceMs ?? 20;
+    this.#settleMs = options.settleMs ?? 2000;
     this.#log = getLogger(["gpu-power-agent", "file"]);
   }
 
@@ -92,7 +107,7 @@ export class FileCapSource implements CapSource {
   async start(onChange: () => void): Promise<void> {
     if (this.#started) throw new Error(`Caps file source ${this.path} was already started`);
     this.#started = true;
-    const text = await readCapsFileText(this.path);
+    const { text } = await readCapsFileSnapshot(this.path);
     const spec = await parseCapsFile(text, { path: this.path });
     if (this.#stopped) return;
     let watcher: Deno.FsWatcher;
@@ -130,6 +145,14 @@ export class FileCapSource implements CapSource {
    */
   spec(): CapsSpec | null {
     return this.#spec;
+  }
+
+  /** The caps file's `budget` (the last good file's), or no budget. */
+  budget(): EffectiveBudget {
+    const mw = this.#spec?.budget?.mw;
+    return mw === undefined
+      ? { budgetMw: null, source: null }
+      : { budgetMw: mw, source: "caps-file" };
   }
 
   /** Synced after the first good load; `problem` while the file on disk is missing or invalid. */
@@ -170,7 +193,18 @@ export class FileCapSource implements CapSource {
 
   async #watch(watcher: Deno.FsWatcher): Promise<void> {
     try {
-      for await (const _event of watcher) this.#schedule();
+      for await (const event of watcher) {
+        if (event.paths.includes(this.path)) {
+          if (event.kind === "modify" || event.kind === "create") {
+            this.#writing = true;
+            this.#writeSeq++;
+            this.#lastWriteMs = this.#clock.now();
+          }
+          // Close after write (inotify IN_CLOSE_WRITE) or replaced by a rename: complete.
+          if (event.kind === "access" || event.kind === "rename") this.#writing = false;
+        }
+        this.#schedule();
+      }
     } catch (error) {
       if (this.#stopped) return;
       const message = `watching ${this.#dir} failed: ${(error as Error).message}; ` +
@@ -187,7 +221,7 @@ export class FileCapSource implements CapSource {
     this.#timer = this.#clock.setTimeout(() => {
       this.#timer = null;
       void this.#enqueue(false);
-    }, this.#debounceMs);
+    }, this.#writing ? this.#settleMs : this.#debounceMs);
   }
 
   #enqueue(force: boolean): Promise<ReloadOutcome> {
@@ -198,17 +232,20 @@ export class FileCapSource implements CapSource {
 
   async #refresh(force: boolean): Promise<ReloadOutcome> {
     if (this.#stopped || this.#onChange === null) return "stopped";
+    if (!force && this.#writing) {
+      // A writer has the file open: wait for its close, or for settleMs without writes.
+      if (this.#clock.now() - this.#lastWriteMs < this.#settleMs) return this.#later();
+      this.#writing = false;
+    }
+    const writeSeq = this.#writeSeq;
     let text: string | null;
+    let info: Deno.FileInfo | null = null;
     try {
-      text = await Deno.readTextFile(this.path);
+      ({ text, info } = await readCapsFileSnapshot(this.path));
     } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) {
+      if (!(error instanceof CapsFileError && error.cause instanceof Deno.errors.NotFound)) {
         this.#lastText = undefined;
-        const problem = new CapsFileError(this.path, [{
-          keyPath: "",
-          reason: describeReadError(error),
-        }]);
-        return this.#reject(problem.message, "unreadable");
+        return this.#reject((error as Error).message, "unreadable");
       }
       text = null;
     }
@@ -225,6 +262,10 @@ export class FileCapSource implements CapSource {
       return this.#reject((error as Error).message, "invalid");
     }
     if (this.#stopped) return "stopped";
+    // Let queued watcher events in before deciding whether the file was written meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    if (info !== null && !(await this.#unchangedSince(info))) this.#writing = true;
+    if (this.#writing || (!force && writeSeq !== this.#writeSeq)) return this.#later();
     const recovered = this.#problem !== undefined;
     this.#accept(spec);
     this.#telemetry.configReload("success");
@@ -239,6 +280,24 @@ export class FileCapSource implements CapSource {
       this.#log.error("Caps file change handler failed: {error}", { error });
     }
     return "applied";
+  }
+
+  /** The file is still being written: forget this read and read it again once it settles. */
+  #later(): ReloadOutcome {
+    this.#lastText = undefined;
+    this.#schedule();
+    return "unchanged";
+  }
+
+  /** True when the file still has the size and mtime it had when it was read. */
+  async #unchangedSince(read: Deno.FileInfo): Promise<boolean> {
+    try {
+      const now = await Deno.stat(this.path);
+      return now.size === read.size && now.mtime?.getTime() === read.mtime?.getTime() &&
+        now.ino === read.ino;
+    } catch {
+      return false;
+    }
   }
 
   #accept(spec: CapsSpec): void {

@@ -18,8 +18,6 @@ import {
   TokenSource,
 } from "./kubeconfig.ts";
 
-export { KubeConfigError, SERVICE_ACCOUNT_DIR };
-
 /** Options of `loadKubeClient`. */
 export interface KubeClientOptions {
   /**

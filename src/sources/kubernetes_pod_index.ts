@@ -3,12 +3,16 @@
  *
  * - Pods: the few fields the policy needs, from the informer (not whole Pod objects).
  * - PID → pod UID cache: a process never changes pod, so `/proc/<pid>/cgroup` is read once per
- *   PID; an entry is evicted when NVML no longer reports the PID.
+ *   process. Entries are keyed by PID and process start time (`/proc/<pid>/stat`), so a PID the
+ *   kernel reused for a process of another pod is read again; only PIDs seen on some GPU in the
+ *   latest scan are kept (even while another GPU's process query fails), so the cache never
+ *   outgrows the processes on the GPUs.
  * - Pod → GPU associations: remembered while the pod exists and is not Succeeded/Failed, so a
  *   cap survives a process restart inside the pod.
  */
 import { parsePowerAnnotation, type PowerAnnotation } from "./annotation.ts";
 import { readPodUidOfPid } from "./cgroup.ts";
+import { readProcessStartTime } from "./proc_stat.ts";
 import type { KubePod } from "./kubernetes_informer.ts";
 
 /** One pod on the node. */
@@ -43,11 +47,19 @@ function terminal(pod: KubePod): boolean {
   return phase === "Succeeded" || phase === "Failed";
 }
 
+/** What the cache knows of one process. */
+interface PidEntry {
+  /** Start time from /proc/<pid>/stat (null when that file cannot be read). */
+  start: string | null;
+  /** Pod UID, or null for a process outside any pod. */
+  uid: string | null;
+}
+
 /** Pods, PID cache and pod → GPU associations. */
 export class PodIndex {
   #annotationKey: string;
   #pods = new Map<string, PodRecord>();
-  #pidUid = new Map<number, string | null>();
+  #pidUid = new Map<number, PidEntry>();
   #gpusOf = new Map<string, Set<string>>();
 
   constructor(annotationKey: string) {
@@ -81,7 +93,7 @@ export class PodIndex {
 
   /** True when some cached PID runs in this pod. */
   hasProcess(uid: string): boolean {
-    for (const value of this.#pidUid.values()) if (value === uid) return true;
+    for (const entry of this.#pidUid.values()) if (entry.uid === uid) return true;
     return false;
   }
 
@@ -147,13 +159,20 @@ export class PodIndex {
       }
       for (const pid of pids) {
         seen.add(pid);
-        let uid = this.#pidUid.get(pid);
-        if (uid === undefined) {
+        const start = readProcessStartTime(options.procRoot, pid) ?? null;
+        let entry = this.#pidUid.get(pid);
+        // Another start time: the PID now names another process (maybe of another pod).
+        if (entry !== undefined && entry.start !== start) entry = undefined;
+        if (entry === undefined) {
           const read = readPodUidOfPid(options.procRoot, pid);
-          if (read === undefined) continue; // Vanished, or unreadable: try again next scan.
-          uid = read;
-          this.#pidUid.set(pid, uid);
+          if (read === undefined) {
+            this.#pidUid.delete(pid);
+            continue; // Vanished, or unreadable: try again next scan.
+          }
+          entry = { start, uid: read };
+          this.#pidUid.set(pid, entry);
         }
+        const uid = entry.uid;
         if (uid === null || !this.#pods.has(uid)) continue;
         let set = this.#gpusOf.get(uid);
         if (!set) {
@@ -166,9 +185,9 @@ export class PodIndex {
         }
       }
     }
-    if (failed.length === 0) {
-      for (const pid of [...this.#pidUid.keys()]) if (!seen.has(pid)) this.#pidUid.delete(pid);
-    }
+    // Keep only processes seen now: a GPU whose query failed keeps its associations
+    // (#gpusOf), not cache entries that may be stale by the time it answers again.
+    for (const pid of [...this.#pidUid.keys()]) if (!seen.has(pid)) this.#pidUid.delete(pid);
     return { failed, added };
   }
 

@@ -6,7 +6,8 @@
  * - on {@linkcode PodResourcesTracker.refresh} (the caller calls it on a pod event for this node),
  *   retrying after 100, 200, 400, 800, 1600 and 2000 ms until the pod's tracked devices appear
  *   (the kubelet allocates devices at admission, shortly after the pod is bound);
- * - every `resyncMs` (default 30 s) as a safety net.
+ * - every `resyncMs` (default 30 s) as a safety net; while Lists fail, sooner: after 1 s, doubling
+ *   up to `resyncMs`, so that a restarted kubelet is asked again within seconds.
  * Concurrent refreshes share Lists: a refresh during a List waits for one List that starts after
  * it, never for one that might predate the allocation.
  *
@@ -63,6 +64,13 @@ export interface PodResourcesTrackerOptions {
   onChange?: (allocations: readonly PodAllocation[]) => void;
   /** Clock for `lastSuccessMs` (default `Date.now`). */
   now?: () => number;
+  /** First delay of the safety-net List after a failed one, doubling up to `resyncMs` (1000). */
+  failureRetryMs?: number;
+  /**
+   * Log failures that happen before the first successful List (default true). The `auto`
+   * mapping turns this off and explains a socket that never answers itself.
+   */
+  logFailuresBeforeSync?: boolean;
 }
 
 function fingerprint(allocations: readonly PodAllocation[]): string {
@@ -78,6 +86,8 @@ export class PodResourcesTracker {
   #tracked: (resourceName: string) => boolean;
   #onChange: (allocations: readonly PodAllocation[]) => void;
   #now: () => number;
+  #failureRetryMs: number;
+  #logBeforeSync: boolean;
   #logger = getLogger(["gpu-power-agent", "pod-resources"]);
 
   #allocations: readonly PodAllocation[] = [];
@@ -93,6 +103,7 @@ export class PodResourcesTracker {
   #resyncTimer: ReturnType<typeof setTimeout> | undefined;
   #sleeps = new Map<ReturnType<typeof setTimeout>, () => void>();
   #stopped = false;
+  #started = false;
 
   constructor(
     client: Pick<PodResourcesClient, "list" | "socketPath">,
@@ -104,10 +115,13 @@ export class PodResourcesTracker {
     this.#tracked = gpuResourceMatcher(options.resourceNames ?? DEFAULT_GPU_RESOURCE_NAMES);
     this.#onChange = options.onChange ?? (() => {});
     this.#now = options.now ?? Date.now;
+    this.#failureRetryMs = options.failureRetryMs ?? 1000;
+    this.#logBeforeSync = options.logFailuresBeforeSync ?? true;
   }
 
   /** Lists once and starts the safety-net Lists; resolves with whether the first List worked. */
   async start(): Promise<boolean> {
+    this.#started = true;
     const ok = await this.#list();
     this.#scheduleResync();
     return ok;
@@ -152,6 +166,11 @@ export class PodResourcesTracker {
     this.#sleeps.clear();
   }
 
+  /** Whether the last good List shows `pod` holding a device of a tracked resource. */
+  hasDevices(pod: PodRef): boolean {
+    return this.#hasTrackedDevice(pod);
+  }
+
   #hasTrackedDevice(pod: PodRef): boolean {
     const found = this.#allocations.find((p) =>
       p.namespace === pod.namespace && p.name === pod.name
@@ -174,9 +193,13 @@ export class PodResourcesTracker {
   #scheduleResync(): void {
     if (this.#stopped || this.#resyncMs <= 0) return;
     clearTimeout(this.#resyncTimer);
+    const failures = this.#health.consecutiveFailures;
+    const delay = failures === 0
+      ? this.#resyncMs
+      : Math.min(this.#resyncMs, this.#failureRetryMs * 2 ** Math.min(failures - 1, 16));
     this.#resyncTimer = setTimeout(() => {
       this.#list().finally(() => this.#scheduleResync());
-    }, this.#resyncMs);
+    }, delay);
   }
 
   /** One List that starts now, or right after the one in flight. */
@@ -200,7 +223,7 @@ export class PodResourcesTracker {
       allocations = await this.#client.list();
     } catch (error) {
       const problem = error instanceof Error ? error.message : String(error);
-      if (this.#health.problem === null) {
+      if (this.#health.problem === null && (this.#health.synced || this.#logBeforeSync)) {
         this.#logger.warn(
           "Cannot list the kubelet's pod resources; pod→GPU allocations stay as last listed " +
             "until it answers: {problem}",
@@ -212,9 +235,11 @@ export class PodResourcesTracker {
         problem,
         consecutiveFailures: this.#health.consecutiveFailures + 1,
       };
+      // Ask again soon (backing off), not only at the next safety-net List.
+      if (this.#started) this.#scheduleResync();
       return false;
     }
-    if (this.#health.problem !== null) {
+    if (this.#health.problem !== null && (this.#health.synced || this.#logBeforeSync)) {
       this.#logger.info("The kubelet's pod resources answer again after {failures} failed Lists", {
         failures: this.#health.consecutiveFailures,
         socket: this.#client.socketPath,

@@ -12,6 +12,7 @@
  * durable before a GPU is touched.
  */
 import { getLogger } from "@logtape/logtape";
+import { BoundedReadError, READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
 
 /** Journal record of one GPU the agent has changed. */
 export interface JournalEntry {
@@ -27,12 +28,24 @@ export interface JournalEntry {
 
 /** Options of `loadJournal`. */
 export interface LoadJournalOptions {
-  /** Never write anything (no save, no moving a corrupt file aside). */
-  dryRun?: boolean;
-  /** For readers such as `status`: same as `dryRun` (never writes anything). */
+  /**
+   * Never write anything (no save, no moving a corrupt file aside): `status`, `check` and
+   * `run --dry-run`. A pass or restore over a read-only journal plans only (nothing can be
+   * changed whose baseline could not be made durable first).
+   */
   readOnly?: boolean;
   /** Time source for `updatedAt` and the corrupt-file suffix (default `Date.now`). */
   now?: () => number;
+  /**
+   * For `restore`: an unreadable or corrupt file throws a {@linkcode JournalReadError} (and is
+   * left where it is) instead of a warning and an empty journal.
+   */
+  strict?: boolean;
+}
+
+/** The journal file exists but cannot be read or parsed (thrown with `strict` only). */
+export class JournalReadError extends Error {
+  override name = "JournalReadError";
 }
 
 /** Options of `Journal.recordBaseline`. */
@@ -52,8 +65,8 @@ export class Journal {
   readonly path: string;
   /** State directory holding the file. */
   readonly stateDir: string;
-  /** True when this journal never writes (`dryRun` or `readOnly` at load). */
-  readonly dryRun: boolean;
+  /** True when this journal never writes (`readOnly` at load). */
+  readonly readOnly: boolean;
   #entries: Map<string, JournalEntry>;
   #dirty = false;
   #saveCount = 0;
@@ -68,7 +81,7 @@ export class Journal {
   ) {
     this.stateDir = stateDir;
     this.path = joinPath(stateDir, JOURNAL_FILE);
-    this.dryRun = (options.dryRun ?? false) || (options.readOnly ?? false);
+    this.readOnly = options.readOnly ?? false;
     this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
     this.#now = options.now ?? Date.now;
     this.#fileStamp = this.#stamp();
@@ -151,10 +164,10 @@ export class Journal {
 
   /**
    * Write the file atomically if anything changed. Returns true when the file was written.
-   * Throws an Error naming the file when it cannot be written. A dry-run journal never writes.
+   * Throws an Error naming the file when it cannot be written. A read-only journal never writes.
    */
   save(): boolean {
-    if (!this.#dirty || this.dryRun) return false;
+    if (!this.#dirty || this.readOnly) return false;
     const gpus: Record<string, JournalEntry> = {};
     for (const [uuid, e] of [...this.#entries].sort(([a], [b]) => a.localeCompare(b))) {
       gpus[uuid] = {
@@ -201,7 +214,7 @@ export class Journal {
    * emptied, replaced or removed it). Returns true when the file was written. Throws like `save`.
    */
   ensureOnDisk(): boolean {
-    if (this.dryRun) return false;
+    if (this.readOnly) return false;
     if (!this.#dirty && this.#stamp() === this.#fileStamp) return false;
     if (!this.#dirty) {
       getLogger(["gpu-power-agent", "journal"]).warn(
@@ -229,32 +242,55 @@ export class Journal {
 
 /**
  * Load `<stateDir>/journal.json`. A missing file (or directory) gives an empty journal; the
- * directory is created on first save. A corrupt file is logged as a warning, moved aside to
- * `journal.json.corrupt-<epoch ms>` (not in dry-run) and the journal starts empty. Never throws
- * for file content; an unreadable file is also a warning and an empty journal.
+ * directory is created on first save. The file is read through the bounded reader (regular file,
+ * at most 16 MiB). A corrupt file — or one that is not a regular file or is too large — is logged
+ * as a warning, moved aside to `journal.json.corrupt-<epoch ms>` (not when read-only) and
+ * the journal starts empty; an unreadable file is also a warning and an empty journal. With
+ * `strict` (for `restore`) both throw a {@linkcode JournalReadError} instead and nothing moves.
  */
 export function loadJournal(stateDir: string, options: LoadJournalOptions = {}): Journal {
   const logger = getLogger(["gpu-power-agent", "journal"]);
   const path = joinPath(stateDir, JOURNAL_FILE);
   const now = options.now ?? Date.now;
-  let text: string;
+  let text: string | null = null;
+  let refused: string | null = null;
   try {
-    text = Deno.readTextFileSync(path);
+    // Bounded: a journal that is a FIFO, a device or huge is refused, never read forever.
+    text = readBoundedTextSync(path, { limit: READ_LIMITS.journal, what: "journal" }).text;
   } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) {
+    if (err instanceof Deno.errors.NotFound) return new Journal(stateDir, new Map(), options);
+    if (options.strict) {
+      throw new JournalReadError(
+        `Cannot read journal ${path}: ${errorText(err)}. Its GPUs cannot be restored until it ` +
+          `is readable; fix it or reset the GPUs with \`nvidia-smi -pl <watts>\``,
+        { cause: err },
+      );
+    }
+    // Not a journal at all (FIFO, device, oversized): like a corrupt one, moved aside below
+    // rather than overwritten by the next save.
+    if (err instanceof BoundedReadError) {
+      refused = err.message;
+    } else {
       logger.warn(
         "Cannot read journal {path}: {error}. Starting with an empty journal: GPUs changed by a " +
           "previous run will not be restored automatically; fix the file's permissions and run " +
           "`gpu-power-agent restore`",
         { path, error: errorText(err) },
       );
+      return new Journal(stateDir, new Map(), options);
     }
-    return new Journal(stateDir, new Map(), options);
   }
-  const parsed = parseJournal(text);
+  const parsed = text === null ? refused! : parseJournal(text);
+  if (typeof parsed === "string" && options.strict) {
+    throw new JournalReadError(
+      `Journal ${path} is corrupt (${parsed}); it was left in place. Its GPUs cannot be ` +
+        `restored from it: check \`gpu-power-agent status\` and reset them with ` +
+        `\`nvidia-smi -pl <watts>\` if needed`,
+    );
+  }
   if (typeof parsed === "string") {
     let movedTo: string | null = null;
-    if (!options.dryRun && !options.readOnly) {
+    if (!options.readOnly) {
       const aside = `${path}.corrupt-${now()}`;
       try {
         Deno.renameSync(path, aside);

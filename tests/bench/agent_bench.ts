@@ -12,7 +12,7 @@
  * - Kubernetes: LIST and WATCH requests over the whole run; first change after the API server
  *   returns (`tests/bench/api_recovery.ts`, when present).
  * First (unless `--quick` or `--no-reconcile`) `deno bench` of tests/bench/ (steady reconcile
- * pass) and tests/bench/pod_resources_bench.ts.
+ * pass), tests/bench/pod_resources_bench.ts and tests/bench/pod_resources_latency.ts.
  *
  * Prints a Markdown table (stdout), or with `--json` ONE JSON object on stdout (everything else
  * on stderr). `--quick` is the smoke configuration CI runs (seconds; figures meaningless).
@@ -29,7 +29,12 @@
  */
 import { parseArgs } from "node:util";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
-import { createFakeNvmlDir, type FakeNvmlDir, makeFakeState } from "../helpers/fake_state.ts";
+import {
+  createFakeNvmlDir,
+  type FakeNvmlDir,
+  type FakeState,
+  makeFakeState,
+} from "../helpers/fake_state.ts";
 import {
   type AgentProcess,
   descendants,
@@ -102,7 +107,8 @@ export interface BenchOptions {
 const GPUS = 8;
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
 
-function procStatus(pid: number, key: string): number {
+/** `key` (a kB line) of /proc/<pid>/status in MiB, to 0.1. */
+export function procStatus(pid: number, key: string): number {
   const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
     new RegExp(`^${key}:\\s+(\\d+) kB`, "m"),
   );
@@ -117,7 +123,8 @@ function cpuMs(pid: number): number {
   return (Number(f[11]) + Number(f[12])) * 10;
 }
 
-function percentile(values: readonly number[], p: number): number {
+/** The p-th percentile of `values` (nearest rank). */
+export function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
@@ -225,13 +232,16 @@ function result(
   };
 }
 
+function metricsAddress(): string {
+  return `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`;
+}
+
 /** `deno task agent <args>` on the fake library, metrics on, warnings only, `--agent-env` set. */
 function spawnBenchAgent(
   args: readonly string[],
   context: { lib: string; fake: FakeNvmlDir; options: BenchOptions },
 ): AgentProcess {
   const { lib, fake, options } = context;
-  const port = 19000 + Math.floor(Math.random() * 1000);
   return spawnAgent([
     ...args,
     "--nvml-library",
@@ -239,7 +249,7 @@ function spawnBenchAgent(
     "--state-dir",
     `${fake.dir}/state`,
     "--metrics-address",
-    `127.0.0.1:${port}`,
+    metricsAddress(),
     "--log-level",
     "warning",
   ], { env: { ...fake.env, ...options.agentEnv } });
@@ -302,8 +312,10 @@ function podChurn(api: FakeApiServer): (n: number) => void {
   };
 }
 
-async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
-  const lib = await buildFakeNvml();
+/** A bench node: fake GPUs, each with a process of an annotated pod (300 W) in the in-test API. */
+export async function kubernetesBenchNode(
+  options: { limits?: Record<string, string> } = {},
+): Promise<{ fake: FakeNvmlDir; api: FakeApiServer; kubeconfig: string; state: FakeState }> {
   const state = makeFakeState(GPUS);
   for (let i = 0; i < GPUS; i++) {
     state.gpus[i].processes = [{ pid: 5000 + i, usedGpuMemory: 1 << 30 }];
@@ -318,14 +330,52 @@ async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
       `${fake.dir}/proc/${pid}/cgroup`,
       `0::/kubepods/burstable/pod${uid}/c${i}\n`,
     );
-    api.addPod({ name: `pod-${i}`, namespace: "bench", uid, annotations: { [ANNOTATION]: "300" } });
+    api.addPod({
+      name: `pod-${i}`,
+      namespace: "bench",
+      uid,
+      annotations: { [ANNOTATION]: "300" },
+      limits: options.limits,
+    });
   }
-  const kubeconfig = await api.writeKubeconfig(fake.dir);
+  return { fake, api, kubeconfig: await api.writeKubeconfig(fake.dir), state };
+}
+
+/** The agent in Kubernetes mode on a bench node (warnings only; no Events unless `events`). */
+export async function spawnKubernetesBenchAgent(options: {
+  fake: FakeNvmlDir;
+  kubeconfig: string;
+  mapping?: "processes" | "auto" | "pod-resources";
+  socket?: string;
+  events?: boolean;
+  env?: Record<string, string>;
+}): Promise<AgentProcess> {
+  return spawnAgent([
+    ...kubernetesRunArgs({
+      kubeconfig: options.kubeconfig,
+      nodeName: "bench-node",
+      procRoot: `${options.fake.dir}/proc`,
+      podGpuMapping: options.mapping,
+      podResourcesSocket: options.socket,
+      nvmlLibrary: await buildFakeNvml(),
+      stateDir: `${options.fake.dir}/state`,
+      metricsAddress: metricsAddress(),
+    }),
+    ...(options.events ? [] : ["--no-events"]),
+    "--log-level",
+    "warning",
+  ], { env: { ...options.fake.env, ...options.env } });
+}
+
+async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
+  const { fake, api, kubeconfig } = await kubernetesBenchNode();
   const spawnedAt = Date.now();
-  const agent = spawnBenchAgent(
-    kubernetesRunArgs({ kubeconfig, nodeName: "bench-node", procRoot: `${fake.dir}/proc` }),
-    { lib, fake, options },
-  );
+  const agent = await spawnKubernetesBenchAgent({
+    fake,
+    kubeconfig,
+    events: true,
+    env: options.agentEnv,
+  });
   try {
     const m = await measure(agent, fake, spawnedAt, {
       ...options,
@@ -419,6 +469,7 @@ async function otherBenches(toStderr: boolean): Promise<void> {
     const args of [
       ["bench", "-A", `${REPO_ROOT}/tests/bench/`],
       ["run", "-A", `${REPO_ROOT}/tests/bench/pod_resources_bench.ts`],
+      ["run", "-A", `${REPO_ROOT}/tests/bench/pod_resources_latency.ts`],
     ]
   ) {
     const out = await new Deno.Command(Deno.execPath(), {

@@ -44,7 +44,7 @@ Deno.test("booleans: --no-events, env true/false", () => {
 Deno.test("bad usage is a UsageError naming the problem", () => {
   assert.throws(() => parseCommandLine(["frobnicate"]), /Unknown command "frobnicate"/);
   assert.throws(() => parseCommandLine(["run", "--bogus"]), UsageError);
-  assert.throws(() => parseCommandLine(["status", "--caps-file", "x"]), /caps-file/);
+  assert.throws(() => parseCommandLine(["restore", "--caps-file", "x"]), /caps-file/);
   assert.throws(() => parseCommandLine(["run", "--interval", "soon"]), /--interval: expected/);
   assert.throws(() => parseCommandLine(["run", "--log-format", "xml"]), /one of text, json/);
 });

@@ -42,7 +42,7 @@ async function rules(): Promise<Obj[]> {
 Deno.test("promtool check rules accepts the rules file", async () => {
   const { code, output } = await promtool(["check", "rules", RULES]);
   equal(code, 0, output);
-  ok(output.includes("SUCCESS: 7 rules found"), output);
+  ok(output.includes("SUCCESS: 9 rules found"), output);
 });
 
 Deno.test("promtool test rules: every alert fires on its series and only there", async () => {
@@ -56,8 +56,10 @@ Deno.test("every alert has a firing and a silent test case", async () => {
   deepStrictEqual(alerts, [
     "GpuNodeOverPowerBudget",
     "GpuPowerAgentAbsent",
+    "GpuPowerAgentMetricsServerErrors",
     "GpuPowerAgentNotReady",
     "GpuPowerAgentNvmlErrors",
+    "GpuPowerAgentPodResourcesDown",
     "GpuPowerCapNotEnforced",
     "GpuPowerDriftRepeating",
     "GpuPowerSourceStale",

@@ -60,7 +60,7 @@ Deno.test("dashboard: every metric of every query exists in a scrape of the agen
   deepStrictEqual(metricNameProblems(exprs, exposed), []);
 });
 
-Deno.test("dashboard shows desired, applied, enforced, draw, energy, managed, budget, latency, errors", () => {
+Deno.test("dashboard shows desired, applied, enforced, draw, energy, managed, budget, latency, PodResources, errors", () => {
   const all = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join("\n");
   for (
     const name of [
@@ -75,6 +75,8 @@ Deno.test("dashboard shows desired, applied, enforced, draw, energy, managed, bu
       "gpu_power_agent_node_power_allocated_watts",
       "gpu_power_agent_reconcile_duration_seconds_bucket",
       "gpu_power_agent_nvml_errors_total",
+      "gpu_power_agent_pod_resources_up",
+      "gpu_power_agent_metrics_server_errors_total",
     ]
   ) {
     ok(new RegExp(`\\b${name}\\b`).test(all), `no panel shows ${name}`);

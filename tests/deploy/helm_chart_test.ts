@@ -34,7 +34,9 @@ const SHAPES: Record<string, Values> = {
   "prometheus-rule": { prometheusRule: { enabled: true, labels: { release: "kube-prometheus" } } },
   "pod-resources": { podGpuMapping: "pod-resources" },
   "auto-mapping": { podGpuMapping: "auto" },
+  "processes-mapping": { podGpuMapping: "processes" },
   "node-policy": { nodePolicy: { enabled: true, budgetWatts: 4000 } },
+  "no-node-budget-annotation": { nodeBudgetAnnotation: { enabled: false } },
   "everything-set": {
     image: { repository: "registry.example/gpu-power-agent", digest: DIGEST },
     annotation: "example.com/watts",
@@ -245,10 +247,36 @@ Deno.test("RBAC scope and --namespace agree in every shape", async () => {
     const namespace = argValue(agentOf(objects).args, "--namespace");
     const sa = only(objects, "ServiceAccount");
     equal(sa.metadata.namespace, NAMESPACE);
-    const roles = objects.filter((o) => o.kind === "Role" || o.kind === "ClusterRole");
-    const bindings = objects.filter((o) =>
-      o.kind === "RoleBinding" || o.kind === "ClusterRoleBinding"
+    const isNodes = (o: Obj) => String(o.metadata.name).endsWith("-nodes");
+    const roles = objects.filter((o) =>
+      (o.kind === "Role" || o.kind === "ClusterRole") && !isNodes(o)
     );
+    const bindings = objects.filter((o) =>
+      (o.kind === "RoleBinding" || o.kind === "ClusterRoleBinding") && !isNodes(o)
+    );
+    // Nodes (the budget annotation of the agent's own node): cluster-scoped, so a ClusterRole
+    // in every RBAC shape, present exactly when the agent follows the annotation.
+    const nodeRoles = objects.filter((o) => o.kind === "ClusterRole" && isNodes(o));
+    const nodeBindings = objects.filter((o) => o.kind === "ClusterRoleBinding" && isNodes(o));
+    const follows = !agentOf(objects).args.includes("--no-node-budget-annotation");
+    equal(follows, shape !== "no-node-budget-annotation", `${shape}: --no-node-budget-annotation`);
+    equal(nodeRoles.length, follows ? 1 : 0, `${shape}: nodes ClusterRole`);
+    equal(nodeBindings.length, follows ? 1 : 0, `${shape}: nodes ClusterRoleBinding`);
+    if (follows) {
+      deepStrictEqual(nodeRoles[0].rules, [
+        { apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"] },
+      ], `${shape}: nodes read, nothing else`);
+      deepStrictEqual(nodeBindings[0].roleRef, {
+        apiGroup: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        name: nodeRoles[0].metadata.name,
+      });
+      deepStrictEqual(nodeBindings[0].subjects, [{
+        kind: "ServiceAccount",
+        name: only(objects, "ServiceAccount").metadata.name,
+        namespace: NAMESPACE,
+      }]);
+    }
     equal(roles.length, 1, shape);
     equal(bindings.length, 1, shape);
     const [role] = roles;
@@ -336,7 +364,8 @@ Deno.test("the PrometheusRule carries the rules file as it is", async () => {
 
 Deno.test("hostPID and the PodResources socket follow podGpuMapping", async () => {
   const expected = {
-    "default": { hostPID: true, socket: false, mode: undefined },
+    "default": { hostPID: true, socket: true, mode: "auto" },
+    "processes-mapping": { hostPID: true, socket: false, mode: "processes" },
     "auto-mapping": { hostPID: true, socket: true, mode: "auto" },
     "pod-resources": { hostPID: undefined, socket: true, mode: "pod-resources" },
   } as const;

@@ -3,51 +3,9 @@
  * fake libnvidia-ml.so.1 and watch the fake GPUs obey the caps file, then come back.
  */
 import assert from "node:assert/strict";
-import { buildFakeNvml } from "../fake_nvml/build.ts";
-import {
-  createFakeNvmlDir,
-  type FakeNvmlDir,
-  makeGpu,
-  readFakeState,
-  updateFakeState,
-} from "../helpers/fake_state.ts";
+import { updateFakeState } from "../helpers/fake_state.ts";
 import { runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
-
-interface Setup {
-  fake: FakeNvmlDir;
-  dir: string;
-  lib: string;
-  statePath: string;
-  capsPath: string;
-  stateDir: string;
-  env: Record<string, string>;
-  common: string[];
-}
-
-async function setup(caps: string, limits: number[] = [700000, 600000]): Promise<Setup> {
-  const lib = await buildFakeNvml();
-  const fake = createFakeNvmlDir({
-    driverVersion: "580.159.04",
-    gpus: limits.map((limitMw, i) => makeGpu(i, { limitMw })),
-  });
-  const capsPath = `${fake.dir}/caps.yaml`;
-  await Deno.writeTextFile(capsPath, caps);
-  const stateDir = `${fake.dir}/state`;
-  return {
-    fake,
-    dir: fake.dir,
-    lib,
-    statePath: fake.statePath,
-    capsPath,
-    stateDir,
-    env: fake.env,
-    common: ["--nvml-library", lib, "--state-dir", stateDir],
-  };
-}
-
-function limits(s: Setup): number[] {
-  return readFakeState(s.statePath).gpus.map((g) => g.limitMw);
-}
+import { fakeLimits as limits, setupFileAgent as setup } from "../helpers/file_agent.ts";
 
 Deno.test("run applies the caps file, follows edits, and SIGTERM restores every baseline", async () => {
   const s = await setup(

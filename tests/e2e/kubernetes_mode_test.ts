@@ -50,13 +50,14 @@ Deno.test("kubernetes mode: annotate → cap, change → new cap, API down → k
 
   const limits = () => readFakeState(statePath).gpus.map((g) => g.limitMw);
   const agent = spawnAgent([
-    ...kubernetesRunArgs({ kubeconfig: kubeconfig, nodeName: "gpu-node-1", procRoot: proc }),
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${dir}/state`,
-    "--metrics-address",
-    `127.0.0.1:${port}`,
+    ...kubernetesRunArgs({
+      kubeconfig,
+      nodeName: "gpu-node-1",
+      procRoot: proc,
+      nvmlLibrary: lib,
+      stateDir: `${dir}/state`,
+      metricsAddress: `127.0.0.1:${port}`,
+    }),
     "--stale-after",
     "1",
   ], { env: { FAKE_NVML_STATE: statePath } });

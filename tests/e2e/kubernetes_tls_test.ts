@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
-import { spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { kubernetesRunArgs, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import { generateTestPki, startTlsFront } from "../helpers/tls_front.ts";
 
@@ -52,23 +52,14 @@ contexts:
 `,
   );
   const agent = spawnAgent([
-    "run",
-    "--source",
-    "kubernetes",
-    "--kubeconfig",
-    kubeconfig,
-    "--node-name",
-    "gpu-node-1",
-    "--safe-default-watts",
-    "500",
-    "--proc-root",
-    `${dir}/proc`,
-    "--nvml-library",
-    lib,
-    "--state-dir",
-    `${dir}/state`,
-    "--metrics-address",
-    "off",
+    ...kubernetesRunArgs({
+      kubeconfig,
+      nodeName: "gpu-node-1",
+      procRoot: `${dir}/proc`,
+      nvmlLibrary: lib,
+      stateDir: `${dir}/state`,
+      metricsAddress: "off",
+    }),
     "--no-events",
   ], { env: { FAKE_NVML_STATE: statePath } });
   try {

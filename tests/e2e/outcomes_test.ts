@@ -9,84 +9,34 @@ import {
   createFakeNvmlDir,
   type FakeNvmlDir,
   makeGpu,
-  readFakeState,
   updateFakeState,
 } from "../helpers/fake_state.ts";
-import {
-  type AgentProcess,
-  kubernetesRunArgs,
-  runAgent,
-  spawnAgent,
-  waitFor,
-} from "../helpers/agent_process.ts";
-import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
+import { events, http, limits, POD_UIDS, setupK8sAgent, stop } from "../helpers/k8s_agent.ts";
 import { sampleValue } from "../metrics/exposition.ts";
 
 const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
-const UID_A = "aaaa0001-0000-4000-8000-000000000001";
-const UID_B = "bbbb0002-0000-4000-8000-000000000002";
 const NO_PERMISSION = 4;
 const NOT_SUPPORTED = 3;
 
-interface Event {
-  reason: string;
-  type: string;
-  message: string;
-  involvedObject: { name: string };
-}
-
 /** Two GPUs, pod a (250 W) on GPU 0 and pod b (300 W) on GPU 1, through the fake API server. */
 async function k8sSetup(fail?: Record<string, number>) {
-  const lib = await buildFakeNvml();
-  const fake = createFakeNvmlDir({
-    driverVersion: "580.159.04",
-    gpus: [
-      makeGpu(0, { processes: [{ pid: 4242, usedGpuMemory: 1 << 30 }], fail }),
-      makeGpu(1, { processes: [{ pid: 4343, usedGpuMemory: 1 << 30 }] }),
-    ],
+  const s = await setupK8sAgent(fail);
+  s.api.addPod({
+    name: "a",
+    namespace: "ml",
+    uid: POD_UIDS[0],
+    annotations: { [ANNOTATION]: "250" },
   });
-  const proc = `${fake.dir}/proc`;
-  for (const [pid, uid] of [[4242, UID_A], [4343, UID_B]] as const) {
-    await Deno.mkdir(`${proc}/${pid}`, { recursive: true });
-    await Deno.writeTextFile(`${proc}/${pid}/cgroup`, `0::/kubepods/burstable/pod${uid}/c${pid}\n`);
-  }
-  const api = await startFakeApiServer({ defaultNodeName: "gpu-node-1" });
-  api.addPod({ name: "a", namespace: "ml", uid: UID_A, annotations: { [ANNOTATION]: "250" } });
-  api.addPod({ name: "b", namespace: "ml", uid: UID_B, annotations: { [ANNOTATION]: "300" } });
-  const kubeconfig = await api.writeKubeconfig(fake.dir);
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const common = ["--nvml-library", lib, "--state-dir", `${fake.dir}/state`];
-  const args = (extra: string[] = []) => [
-    ...kubernetesRunArgs({ kubeconfig: kubeconfig, nodeName: "gpu-node-1", procRoot: proc }),
-    "--metrics-address",
-    `127.0.0.1:${port}`,
-    "--interval",
-    "1",
-    "--enforce-grace",
-    "1",
-    ...common,
-    ...extra,
-  ];
-  return { lib, fake, api, port, common, args };
-}
-
-function http(port: number) {
-  return async (path: string) => {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}${path}`);
-      return { status: r.status, body: await r.text() };
-    } catch {
-      return { status: 0, body: "" }; // not listening yet
-    }
-  };
-}
-
-function events(api: FakeApiServer, pod: string): Event[] {
-  return (api.events as unknown as Event[]).filter((e) => e.involvedObject.name === pod);
-}
-
-function limits(fake: FakeNvmlDir): number[] {
-  return readFakeState(fake.statePath).gpus.map((g) => g.limitMw);
+  s.api.addPod({
+    name: "b",
+    namespace: "ml",
+    uid: POD_UIDS[1],
+    annotations: { [ANNOTATION]: "300" },
+  });
+  const args = (extra: string[] = []) =>
+    s.args(["--interval", "1", "--enforce-grace", "1", ...extra]);
+  return { ...s, args };
 }
 
 function journalUuids(fake: FakeNvmlDir): string[] {
@@ -96,11 +46,6 @@ function journalUuids(fake: FakeNvmlDir): string[] {
     if (error instanceof Deno.errors.NotFound) return [];
     throw error;
   }
-}
-
-async function stop(agent: AgentProcess): Promise<void> {
-  agent.killTree("SIGKILL");
-  await agent.status();
 }
 
 Deno.test("set NO_PERMISSION on one GPU: CapNotApplied, not managed, /readyz 503 after the grace, recovers", async () => {

@@ -166,6 +166,19 @@ export interface KubernetesRunArgsOptions {
   procRoot: string;
   /** Default 500. */
   safeDefaultWatts?: number;
+  /**
+   * `--pod-gpu-mapping` (default `processes`: tests never ask a kubelet they did not start, e.g.
+   * the real one on a node).
+   */
+  podGpuMapping?: "auto" | "pod-resources" | "processes";
+  /** `--pod-resources-socket` (the in-test kubelet's). */
+  podResourcesSocket?: string;
+  /** `--nvml-library` (the fake's path). */
+  nvmlLibrary?: string;
+  /** `--state-dir`. */
+  stateDir?: string;
+  /** `--metrics-address`. */
+  metricsAddress?: string;
 }
 
 /** `run --source kubernetes …` with the flags every Kubernetes-mode test needs. */
@@ -182,5 +195,11 @@ export function kubernetesRunArgs(options: KubernetesRunArgsOptions): string[] {
     String(options.safeDefaultWatts ?? 500),
     "--proc-root",
     options.procRoot,
+    "--pod-gpu-mapping",
+    options.podGpuMapping ?? "processes",
+    ...(options.podResourcesSocket ? ["--pod-resources-socket", options.podResourcesSocket] : []),
+    ...(options.nvmlLibrary ? ["--nvml-library", options.nvmlLibrary] : []),
+    ...(options.stateDir ? ["--state-dir", options.stateDir] : []),
+    ...(options.metricsAddress ? ["--metrics-address", options.metricsAddress] : []),
   ];
 }

@@ -46,10 +46,15 @@ export interface FakePodInput {
   nodeName?: string;
   annotations?: Record<string, string>;
   phase?: string;
+  /** Resource limits of the pod's one container `main` (e.g. `{"nvidia.com/gpu": "1"}`). */
+  limits?: Record<string, string>;
 }
 
-/** A failure mode: an HTTP status with a Status body, never answering, or a dropped connection. */
-export type Fault = 401 | 403 | 404 | 410 | 500 | 503 | "hang" | "drop";
+/**
+ * A failure mode: an HTTP status with a Status body, never answering, a dropped connection, or
+ * (watches) `gone`: 200 with an ERROR 410 event, whatever the resourceVersion.
+ */
+export type Fault = 401 | 403 | 404 | 410 | 500 | 503 | "hang" | "drop" | "gone";
 
 /** Which request kinds a fault applies to. */
 export interface FaultSwitches {
@@ -329,7 +334,12 @@ export class FakeApiServer {
         uid: input.uid ?? `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`,
         annotations: input.annotations ? { ...input.annotations } : undefined,
       },
-      spec: { nodeName: input.nodeName ?? this.defaultNodeName },
+      spec: {
+        nodeName: input.nodeName ?? this.defaultNodeName,
+        ...(input.limits
+          ? { containers: [{ name: "main", resources: { limits: { ...input.limits } } }] }
+          : {}),
+      },
       status: { phase: input.phase ?? "Running" },
     };
     this.#pods.set(key, pod);
@@ -583,6 +593,16 @@ export class FakeApiServer {
       return new Response(body, { status: 200, headers: { "content-type": "application/json" } });
     }
     if (typeof fault === "number") return fail(fault, `injected fault ${fault}`);
+    if (fault === "gone") {
+      record.status = 200;
+      return respond(
+        200,
+        JSON.stringify({
+          type: "ERROR",
+          object: JSON.parse(statusBody(410, "Expired", "too old resource version")),
+        }) + "\n",
+      );
+    }
 
     const namespace = m![1] ? decodeURIComponent(m![1]) : undefined;
     const rbac = this.#options.rbacNamespace;

@@ -145,6 +145,34 @@ Deno.test("callbacks for last reconcile and staleness are read at scrape time", 
   assert.equal(sampleValue(text, `${P}source_staleness_seconds`), undefined);
 });
 
+Deno.test("PodResources gauges: absent when unused, 1/0 and the last answer's time", async () => {
+  let state: { up: boolean; lastSuccessMs: number | null } | null = null;
+  const t = telemetry({ podResources: () => state });
+  let text = await t.metrics();
+  assert.equal(sampleValue(text, `${P}pod_resources_up`), undefined);
+  assert.equal(sampleValue(text, `${P}pod_resources_last_success_timestamp_seconds`), undefined);
+
+  state = { up: false, lastSuccessMs: null };
+  text = await t.metrics();
+  assert.equal(sampleValue(text, `${P}pod_resources_up`), 0, "never answered");
+  assert.equal(sampleValue(text, `${P}pod_resources_last_success_timestamp_seconds`), undefined);
+
+  state = { up: true, lastSuccessMs: 1_700_000_000_250 };
+  text = await t.metrics();
+  assert.equal(sampleValue(text, `${P}pod_resources_up`), 1);
+  assert.equal(
+    sampleValue(text, `${P}pod_resources_last_success_timestamp_seconds`),
+    1_700_000_000.25,
+  );
+  state = { up: false, lastSuccessMs: 1_700_000_000_250 };
+  text = await t.metrics();
+  assert.equal(sampleValue(text, `${P}pod_resources_up`), 0, "failing: frozen");
+  assert.equal(
+    sampleValue(text, `${P}pod_resources_last_success_timestamp_seconds`),
+    1_700_000_000.25,
+  );
+});
+
 Deno.test("per-GPU gauges show watts from milliwatts and follow the GPU list", async () => {
   const managed = gpu(0, {
     limitMw: 250_000,
@@ -311,6 +339,7 @@ Deno.test("promtool check metrics reports no problems on the full output", async
       gpu(2, { error: "lost", limitMw: null, minMw: null, maxMw: null }),
     ],
     staleness: () => 1.5,
+    podResources: () => ({ up: true, lastSuccessMs: 1_700_000_000_000 }),
   });
   t.clamped("down");
   t.capChanged({

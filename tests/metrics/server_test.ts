@@ -4,6 +4,7 @@ import {
   type HealthServer,
   parseListenAddress,
   type Readiness,
+  serveHealth,
   startHealthServer,
 } from "../../src/metrics/server.ts";
 import { findSamples, promtoolCheck, sampleValue } from "./exposition.ts";
@@ -210,5 +211,135 @@ Deno.test("a port in use is reported with the flag name", async () => {
     );
   } finally {
     await first.close();
+  }
+});
+
+Deno.test("idle connections are capped and closed; /healthz still answers; errors counted", async () => {
+  const errors: string[] = [];
+  const server = await startHealthServer("127.0.0.1:0", {
+    metrics: () => Promise.resolve(""),
+    ready: () => ({ ready: true }),
+    maxConnections: 32,
+    connectionTimeoutMs: 300,
+    onError: (reason) => errors.push(reason),
+  });
+  assert.ok(server);
+  const idle: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 200; i++) {
+      idle.push(await Deno.connect({ hostname: "127.0.0.1", port: server.port }));
+    }
+    // 200 silent sockets: the server holds at most 32 and still answers a probe at once.
+    const res = await get(`http://127.0.0.1:${server.port}/healthz`);
+    assert.equal(res.status, 200);
+    assert.equal(res.body, "ok\n");
+    assert.ok(server.connections <= 32, `${server.connections} connections open`);
+    assert.ok(errors.filter((e) => e === "connection_limit").length >= 200 - 32);
+    // Idle ones are closed by the server after connectionTimeoutMs.
+    const deadline = Date.now() + 5000;
+    while (server.connections > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(server.connections, 0);
+    assert.ok(errors.includes("timeout"));
+    const closedByServer = await Promise.all(idle.map(async (conn) => {
+      try {
+        return await conn.read(new Uint8Array(16)) === null;
+      } catch {
+        return true; // Reset.
+      }
+    }));
+    assert.ok(closedByServer.every(Boolean), "every idle socket was closed by the server");
+    assert.equal((await get(`http://127.0.0.1:${server.port}/readyz`)).status, 200);
+  } finally {
+    for (const conn of idle) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await server.close();
+  }
+});
+
+Deno.test("a throwing callback answers 500 and is counted; oversized or bad requests are refused", async () => {
+  const errors: string[] = [];
+  let calls = 0;
+  const server = await startHealthServer("127.0.0.1:0", {
+    metrics: () => {
+      calls++;
+      throw new Error("renderer exploded");
+    },
+    ready: () => ({ ready: true }),
+    onError: (reason) => {
+      errors.push(reason);
+      throw new Error("a failing counter must not matter");
+    },
+  });
+  assert.ok(server);
+  const base = `http://127.0.0.1:${server.port}`;
+  try {
+    for (let i = 0; i < 3; i++) assert.equal((await get(`${base}/metrics`)).status, 500);
+    assert.equal(calls, 3);
+    assert.equal((await get(`${base}/healthz`)).status, 200);
+    const raw = async (request: string) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+      try {
+        await conn.write(new TextEncoder().encode(request));
+        const chunks: string[] = [];
+        const buf = new Uint8Array(4096);
+        let n: number | null;
+        while ((n = await conn.read(buf)) !== null) {
+          chunks.push(new TextDecoder().decode(buf.subarray(0, n)));
+        }
+        return chunks.join("");
+      } finally {
+        conn.close();
+      }
+    };
+    assert.match(await raw("garbage\r\n\r\n"), /^HTTP\/1\.1 400 /);
+    // Over 8 KiB of headers: refused (431, or a reset while the client still writes).
+    const oversized = await raw(`GET /healthz HTTP/1.1\r\nx: ${"a".repeat(9000)}\r\n\r\n`)
+      .catch(() => "reset");
+    assert.doesNotMatch(oversized, / 200 /);
+    assert.match(await raw("GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"), / 200 OK[\s\S]*ok\n$/);
+    assert.equal((await get(`${base}/healthz`)).status, 200);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("accept failures (too many open files) are counted, logged once, and survived", async () => {
+  const real = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let failuresLeft = 5;
+  // A listener whose accept() fails like EMFILE a few times, then works.
+  const flaky = new Proxy(real, {
+    get(target, prop) {
+      if (prop === "accept") {
+        return () => {
+          if (failuresLeft > 0) {
+            failuresLeft--;
+            return Promise.reject(new Error("Too many open files (os error 24)"));
+          }
+          return target.accept();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const errors: string[] = [];
+  const server = serveHealth(flaky, {
+    metrics: () => Promise.resolve(""),
+    ready: () => ({ ready: true }),
+    onError: (reason) => errors.push(reason),
+  });
+  try {
+    const res = await get(`http://127.0.0.1:${server.port}/healthz`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(errors, ["accept", "accept", "accept", "accept", "accept"]);
+  } finally {
+    await server.close();
   }
 });

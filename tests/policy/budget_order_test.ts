@@ -1,12 +1,7 @@
 import assert from "node:assert/strict";
 import { allocateBudget, type BudgetGpu } from "../../src/policy/budget.ts";
-import {
-  admitRaises,
-  describeBudgetReduction,
-  describeOverBudget,
-  type LimitChange,
-  orderLimitChanges,
-} from "../../src/policy/budget_order.ts";
+import { admitRaises, type LimitChange, orderLimitChanges } from "../../src/policy/budget_order.ts";
+import { describeBudget, describeBudgetReduction } from "../../src/reconcile/report.ts";
 import { seededRandom } from "../helpers/seeded_random.ts";
 
 const W = 1000;
@@ -59,11 +54,13 @@ Deno.test("messages: reduction for the pod Event, over budget for the log", () =
     minMw: 200 * W,
     maxMw: 700 * W,
   }));
-  assert.equal(describeOverBudget(allocateBudget(gpus, { budgetMw: 1000 * W })), undefined);
   assert.equal(
-    describeOverBudget(allocateBudget(gpus, { budgetMw: 300 * W })),
-    "node power budget 300 W cannot be met: 400 W allocated with every capped GPU at its " +
-      "minimum and the GPUs the agent does not cap at their current limits",
+    describeBudget(allocateBudget(gpus, { budgetMw: 1000 * W })),
+    "node power budget 1000 W: 1000 W allocated, 2 GPU(s) reduced by it",
+  );
+  assert.equal(
+    describeBudget(allocateBudget(gpus, { budgetMw: 300 * W })),
+    "node power budget 300 W cannot be met: 400 W allocated with every capped GPU at its minimum",
   );
 });
 

@@ -42,6 +42,9 @@ Deno.test("a pod asking above the rule's ceiling gets the ceiling, reason 'node 
     reason:
       "node ceiling 450 W (caps file rule gpus[0] (index 0)); pod default/p-GPU-0 asked 600 W",
     kind: "pod",
+    // The pods are still told: what they asked, and that the node ceiling lowered it.
+    askedMw: 600_000,
+    notes: ["lowered to the node ceiling 450 W"],
   });
   assert.deepEqual(result.ceilings, [{
     uuid: "GPU-0",

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { planPass } from "../../src/policy/plan.ts";
+import { outcomeOf, reasonWithClamp } from "../../src/reconcile/report.ts";
 import type { JournalEntry } from "../../src/state/journal.ts";
 import type { Observation, ObservedGpu } from "../../src/reconcile/observe.ts";
 import type { DesiredCaps } from "../../src/policy/desired.ts";
@@ -102,4 +103,54 @@ Deno.test("plan: an impossible request is that GPU's error only", () => {
   const plan = planPass({ gpus: [gpu(0, 700_000), gpu(1, 700_000)] }, desired, new Map());
   assert.deepEqual(plan.gpus.map((g) => g.intent), ["error", "apply"]);
   assert.match(plan.gpus[0].error!, /^Cannot reconcile GPU GPU-0: /);
+});
+
+Deno.test("plan: a node power budget lowers wanted targets (limitedBy budget); fixed GPUs count at their limit", () => {
+  // GPUs 0-2 want 700 W; GPU 3 is not capped and holds 350 W. Budget 1400 W: 1050 W left for
+  // three GPUs with min 200 W → 350 W each.
+  const obs: Observation = {
+    gpus: [gpu(0, 700_000), gpu(1, 500_000), gpu(2, 350_000), gpu(3, 350_000)],
+  };
+  const plan = planPass(obs, want([0, 700], [1, 700], [2, 700]), new Map(), {
+    budgetMw: 1_400_000,
+  });
+  assert.deepEqual(plan.gpus.map((g) => [g.intent, g.targetMw, g.limitedBy ?? null]), [
+    ["apply", 350_000, "budget"],
+    ["apply", 350_000, "budget"],
+    ["leave", 350_000, "budget"],
+    ["leave", 350_000, null],
+  ]);
+  assert.equal(plan.gpus[0].reducedFromMw, 700_000);
+  assert.equal(plan.gpus[0].reason, "r0");
+  assert.equal(
+    reasonWithClamp(outcomeOf(plan.gpus[0])),
+    "r0; reduced from 700 W to 350 W by the node power budget",
+  );
+  assert.equal(plan.budget?.allocatedMw, 1_400_000);
+  assert.equal(plan.budget?.overBudget, false);
+  // Enough budget: nothing is reduced, the allocation is still attached.
+  const roomy = planPass(obs, want([0, 700]), new Map(), { budgetMw: 5_000_000 });
+  assert.equal(roomy.gpus[0].limitedBy, undefined);
+  assert.equal(roomy.budget?.reductions.length, 0);
+  // No budget, or desired caps unknown: no allocation.
+  assert.equal(planPass(obs, want([0, 700]), new Map()).budget, undefined);
+  assert.equal(planPass(obs, null, new Map(), { budgetMw: 1000 }).budget, undefined);
+});
+
+Deno.test("plan: a restore the budget reduces stays managed (apply at the reduced value)", () => {
+  const journal = new Map([["GPU-0", entry(700_000, 300_000)]]);
+  const obs: Observation = { gpus: [gpu(0, 300_000), gpu(1, 700_000)] };
+  // GPU 0 has no desired cap any more (restore to 700 W), GPU 1 is fixed at 700 W: 1000 W
+  // budget leaves 300 W for GPU 0, which it already holds.
+  const plan = planPass(obs, new Map(), journal, { budgetMw: 1_000_000 });
+  assert.deepEqual([plan.gpus[0].intent, plan.gpus[0].targetMw], ["leave", 300_000]);
+  assert.equal(plan.gpus[0].wanted, true);
+  assert.match(
+    reasonWithClamp(outcomeOf(plan.gpus[0])),
+    /^restore to baseline: .*; reduced from 700 W to 300 W/,
+  );
+  const more = planPass(obs, new Map(), journal, { budgetMw: 1_200_000 });
+  assert.deepEqual([more.gpus[0].intent, more.gpus[0].targetMw], ["apply", 500_000]);
+  const all = planPass(obs, new Map(), journal, { budgetMw: 2_000_000 });
+  assert.deepEqual([all.gpus[0].intent, all.gpus[0].targetMw], ["restore", 700_000]);
 });

@@ -214,3 +214,17 @@ Deno.test("policy: decisions tell nothing by themselves; a failed set → CapNot
   // Unknown outcome (desired caps unknown this pass): nothing is said.
   assert.deepEqual(outcomeEvents(outcome(d.cap, { action: "skipped" }), "GPU 0"), []);
 });
+
+Deno.test("policy: a cap the node power budget reduced tells the pod by how much", () => {
+  const d = decideGpuCap([pod("a", "700")], base);
+  const events = outcomeEvents(
+    outcome(d.cap, { toMw: 500_000, limitedBy: "budget", reducedFromMw: 700_000 }),
+    "GPU 0 (GPU-a)",
+  );
+  assert.deepEqual(events.map((e) => [e.reason, e.type, e.message]), [[
+    "CapClamped",
+    "Warning",
+    "Requested 700 W for GPU 0 (GPU-a), reduced from 700 W to 500 W by the node power budget: " +
+    "500 W applied",
+  ]]);
+});

@@ -11,38 +11,25 @@ import {
   captureLogs,
   FakeCapSource,
   ManualClock,
-  RecordingTelemetry,
+  reconcileFixture,
   tempStateDir,
 } from "./fakes.ts";
 
 const U = [0, 1, 2, 3].map((i) => fakeH100(i).uuid);
 
 function setup(gpus = 2) {
-  const gpu = new FakeGpuControl(Array.from({ length: gpus }, (_, i) => fakeH100(i)));
-  const tmp = tempStateDir();
-  const journal = loadJournal(tmp.dir);
-  const clock = new ManualClock();
-  const telemetry = new RecordingTelemetry();
-  const actuator = new Actuator(gpu, {
-    journal,
-    clock,
-    telemetry,
+  const f = reconcileFixture({ gpus });
+  const actuator = new Actuator(f.gpu, {
+    journal: f.journal,
+    clock: f.clock,
+    telemetry: f.telemetry,
     backoff: { initialMs: 1000, maxMs: 4000 },
   });
   const run = (desired: DesiredCaps) =>
-    actuator.execute(planPass(observeGpus(gpu), desired, journal.entries()), {
+    actuator.execute(planPass(observeGpus(f.gpu), desired, f.journal.entries()), {
       restoreReason: "unmanaged",
     });
-  return {
-    gpu,
-    tmp,
-    journal,
-    clock,
-    telemetry,
-    actuator,
-    run,
-    [Symbol.dispose]: tmp[Symbol.dispose],
-  };
+  return { ...f, actuator, run };
 }
 
 Deno.test("actuate: every decrease is written before any increase", () => {
@@ -169,4 +156,30 @@ Deno.test("in sync ⇒ zero NVML writes and no journal write across many loop pa
   assert.equal(journal.saveCount, saves);
   assert.equal(source.reported.length, loop.passCount, "the source hears every outcome");
   loop.stop();
+});
+
+Deno.test("actuate under a budget: a failed lowering defers the raise that would overshoot; retried next pass", () => {
+  using t = setup();
+  const run = (desired: DesiredCaps) =>
+    t.actuator.execute(
+      planPass(observeGpus(t.gpu), desired, t.journal.entries(), { budgetMw: 1_000_000 }),
+      { restoreReason: "unmanaged" },
+    );
+  run(caps([U[0], 300], [U[1], 700])); // Σ 1000 W
+  assert.deepEqual(t.gpu.writes.map((w) => [w.index, w.mw]), [[0, 300_000]]);
+  t.gpu.writes.length = 0;
+  // Swap: GPU 1 must come down before GPU 0 may go up; GPU 1's set fails.
+  t.gpu.failOn(1, "setLimit", "NO_PERMISSION");
+  const failed = run(caps([U[0], 700], [U[1], 300]));
+  assert.deepEqual(failed.outcomes.map((o) => o.action), ["error", "error"]);
+  assert.match(failed.outcomes[0].error!, /deferred: .*node power budget 1000 W/);
+  assert.equal(failed.outcomes[0].toMw, 300_000, "GPU 0 still holds its old limit");
+  assert.equal(failed.outcomes[0].enforced, false);
+  assert.deepEqual(t.gpu.writes.length, 0, "no raise written while the lowering failed");
+  // The driver allows it again: next pass (after GPU 1's backoff) lowers, then raises.
+  t.gpu.clearFailures();
+  t.clock.advance(1000);
+  const ok = run(caps([U[0], 700], [U[1], 300]));
+  assert.deepEqual(ok.outcomes.map((o) => o.action), ["apply", "apply"]);
+  assert.deepEqual(t.gpu.writes.map((w) => [w.index, w.mw]), [[1, 300_000], [0, 700_000]]);
 });

@@ -10,6 +10,8 @@ import type {
 } from "../../src/sources/cap_source.ts";
 import type { CapChange, Telemetry } from "../../src/metrics/telemetry.ts";
 import type { GpuOutcome } from "../../src/reconcile/report.ts";
+import { loadJournal } from "../../src/state/journal.ts";
+import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
 
 /** A clock that only moves when the test says so. */
 export class ManualClock implements Clock {
@@ -71,7 +73,7 @@ export class FakeCapSource implements CapSource {
   lastViews: readonly GpuView[] = [];
   onChange: (() => void) | null = null;
   /** Outcomes passed to report(), one entry per call. */
-  reported: { outcomes: readonly GpuOutcome[]; dryRun: boolean }[] = [];
+  reported: { outcomes: readonly GpuOutcome[] }[] = [];
 
   constructor(caps: DesiredCaps | null = new Map()) {
     this.caps = caps;
@@ -88,8 +90,8 @@ export class FakeCapSource implements CapSource {
     return this.caps === null ? null : new Map(this.caps);
   }
 
-  report(outcomes: readonly GpuOutcome[], info: { dryRun: boolean }): void {
-    this.reported.push({ outcomes, dryRun: info.dryRun });
+  report(outcomes: readonly GpuOutcome[]): void {
+    this.reported.push({ outcomes });
   }
 
   health(): SourceHealth {
@@ -182,4 +184,18 @@ export function tempStateDir(): { dir: string } & Disposable {
     dir: `${root}/state`,
     [Symbol.dispose]: () => Deno.removeSync(root, { recursive: true }),
   };
+}
+
+/**
+ * What every reconcile test starts from: `gpus` fake H100s, a journal in a fresh state dir (its
+ * timestamps from the manual clock; `readOnly` as `run --dry-run` loads it), a manual clock and
+ * recording telemetry. Disposing removes the state dir.
+ */
+export function reconcileFixture(options: { gpus?: number; readOnly?: boolean } = {}) {
+  const gpu = new FakeGpuControl(Array.from({ length: options.gpus ?? 2 }, (_, i) => fakeH100(i)));
+  const tmp = tempStateDir();
+  const clock = new ManualClock();
+  const journal = loadJournal(tmp.dir, { now: () => clock.now(), readOnly: options.readOnly });
+  const telemetry = new RecordingTelemetry();
+  return { gpu, tmp, clock, journal, telemetry, [Symbol.dispose]: tmp[Symbol.dispose] };
 }

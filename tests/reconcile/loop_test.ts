@@ -7,7 +7,7 @@ import {
   captureLogs,
   FakeCapSource,
   ManualClock,
-  RecordingTelemetry,
+  reconcileFixture,
   tempStateDir,
 } from "./fakes.ts";
 
@@ -15,30 +15,20 @@ const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
 const INTERVAL = 30_000;
 
-function setup(options: Partial<ReconcileLoopOptions> = {}) {
-  const gpu = new FakeGpuControl([fakeH100(0), fakeH100(1)]);
-  const tmp = tempStateDir();
-  const journal = loadJournal(tmp.dir);
+/** `dryRun`: the loop runs over a read-only journal, as `run --dry-run` does. */
+function setup(
+  { dryRun = false, ...options }: Partial<ReconcileLoopOptions> & { dryRun?: boolean } = {},
+) {
+  const f = reconcileFixture({ readOnly: dryRun });
   const source = new FakeCapSource(caps([U0, 250]));
-  const clock = new ManualClock();
-  const telemetry = new RecordingTelemetry();
-  const loop = new ReconcileLoop(gpu, source, {
-    journal,
-    clock,
-    telemetry,
+  const loop = new ReconcileLoop(f.gpu, source, {
+    journal: f.journal,
+    clock: f.clock,
+    telemetry: f.telemetry,
     intervalMs: INTERVAL,
     ...options,
   });
-  return {
-    gpu,
-    tmp,
-    journal,
-    source,
-    clock,
-    telemetry,
-    loop,
-    [Symbol.dispose]: tmp[Symbol.dispose],
-  };
+  return { ...f, source, loop };
 }
 
 Deno.test("start: first pass applies, arms the interval, exposes state", () => {

@@ -5,20 +5,21 @@ import { observeGpus } from "../../src/reconcile/observe.ts";
 import { describePlan } from "../../src/reconcile/report.ts";
 import { type DesiredCaps, gpuViews } from "../../src/sources/cap_source.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
-import { caps, captureLogs, ManualClock, RecordingTelemetry, tempStateDir } from "./fakes.ts";
+import { caps, captureLogs, reconcileFixture, RecordingTelemetry, tempStateDir } from "./fakes.ts";
 
 const U0 = fakeH100(0).uuid;
 const U1 = fakeH100(1).uuid;
 
-function setup(n = 2) {
-  const gpu = new FakeGpuControl(Array.from({ length: n }, (_, i) => fakeH100(i)));
-  const tmp = tempStateDir();
-  const telemetry = new RecordingTelemetry();
-  const clock = new ManualClock();
-  const journal = loadJournal(tmp.dir, { now: () => clock.now() });
+function setup(gpus = 2) {
+  const f = reconcileFixture({ gpus });
   const pass = (desired: DesiredCaps | null, options: Partial<ReconcilePassOptions> = {}) =>
-    reconcilePass(gpu, desired, { journal, telemetry, clock, ...options });
-  return { gpu, tmp, telemetry, clock, journal, pass, [Symbol.dispose]: tmp[Symbol.dispose] };
+    reconcilePass(f.gpu, desired, {
+      journal: f.journal,
+      telemetry: f.telemetry,
+      clock: f.clock,
+      ...options,
+    });
+  return { ...f, pass };
 }
 
 function onDisk(journal: Journal) {
@@ -304,17 +305,19 @@ Deno.test("GPU vanished: its journal entry is kept", () => {
   assert.equal(t.journal.has(U1), false);
 });
 
-Deno.test("dry run: plans what would change, never sets, never writes the journal", () => {
+Deno.test("dry run (read-only journal): plans what would change, never sets, never writes", () => {
   using t = setup();
   const printed: string[] = [];
+  const journal = loadJournal(t.tmp.dir, { readOnly: true });
   const report = t.pass(caps([U0, 250]), {
-    dryRun: true,
+    journal,
     onPlan: (plan) => printed.push(...describePlan(plan)),
   });
   assert.equal(report!.dryRun, true);
   assert.equal(report!.gpus[0].action, "apply");
   assert.equal(t.gpu.calls.setLimit, 0);
-  assert.equal(t.journal.has(U0), false);
+  assert.equal(journal.has(U0), false);
+  assert.equal(journal.saveCount, 0);
   assert.throws(() => Deno.statSync(t.tmp.dir), Deno.errors.NotFound);
   assert.deepEqual(printed, [
     `GPU 0 (${U0}, NVIDIA H100 80GB HBM3): would set 700 W → 250 W (test 250 W)`,
@@ -354,4 +357,19 @@ Deno.test("an impossible request for one GPU is its error only; others still app
   assert.equal(t.gpu.limitOf(0), 700_000);
   assert.equal(report.gpus[1].action, "apply");
   assert.equal(t.gpu.limitOf(1), 300_000);
+});
+
+Deno.test("observation reads MIG device UUIDs only when asked; a failed read is null, counted", () => {
+  using t = setup();
+  t.gpu.setMigDeviceUuids(0, ["MIG-a", "MIG-b"]);
+  const plain = observeGpus(t.gpu, { telemetry: t.telemetry });
+  assert.equal(t.gpu.calls.migDeviceUuids, 0);
+  assert.equal(gpuViews(plain)[0].migDeviceUuids, undefined, "not read: absent");
+
+  t.gpu.failOn(1, "migDeviceUuids", "UNKNOWN");
+  const observation = observeGpus(t.gpu, { telemetry: t.telemetry, migDevices: true });
+  assert.equal(t.gpu.calls.migDeviceUuids, 2, "one read per GPU");
+  assert.deepEqual(gpuViews(observation).map((v) => v.migDeviceUuids), [["MIG-a", "MIG-b"], null]);
+  assert.match(observation.gpus[1].migError!, /UNKNOWN/);
+  assert.deepEqual(t.telemetry.nvmlErrors.map((e) => e.code), ["UNKNOWN"]);
 });

@@ -94,16 +94,19 @@ Deno.test("restoreAll: read failure keeps the entry", () => {
   assert.deepEqual(t.journal.uuids(), [U[0]]);
 });
 
-Deno.test("restoreAll: dry run changes and writes nothing", () => {
+Deno.test("restoreAll: dry run (read-only journal) changes and writes nothing", () => {
   using t = capped();
   const writes = t.gpu.writes.length;
-  const saves = t.journal.saveCount;
-  const report = restoreAll(t.gpu, { journal: t.journal, reason: "command", dryRun: true });
+  const onDisk = Deno.readTextFileSync(t.journal.path);
+  const journal = loadJournal(t.tmp.dir, { readOnly: true });
+  const report = restoreAll(t.gpu, { journal, reason: "command" });
+  assert.equal(report.dryRun, true);
   assert.deepEqual(report.gpus.map((g) => g.action), ["restore", "restore", "restore"]);
   assert.match(report.gpus[0].summary, /^would set 250 W → 600 W/);
   assert.equal(t.gpu.writes.length, writes);
-  assert.equal(t.journal.size, 3);
-  assert.equal(t.journal.saveCount, saves);
+  assert.equal(journal.size, 3);
+  assert.equal(journal.saveCount, 0);
+  assert.equal(Deno.readTextFileSync(t.journal.path), onDisk);
 });
 
 Deno.test("restoreAll: empty journal makes no NVML calls", () => {

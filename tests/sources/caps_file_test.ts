@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   CapsFileError,
   type CapsSpec,
+  excerpt,
   formatCapsFileProblem,
   formatKeyPath,
   parseCapsFile,
@@ -466,4 +467,64 @@ Deno.test("budget: unknown keys are named with the allowed ones", async () => {
     'bugdet at line 2:1: unknown key "bugdet" (allowed here: version, default, gpus, budget); ' +
       'did you mean "budget"?',
   );
+});
+
+// --- hostile input ----------------------------------------------------------------------------
+
+Deno.test("excerpt: at most 40 characters, quoted, control characters escaped, … when cut", () => {
+  assert.equal(excerpt("abc"), '"abc"');
+  assert.equal(excerpt("a\u0000b\nc\u007fd\u009b"), '"a\\u0000b\\nc\\u007fd\\u009b"');
+  const long = excerpt("S".repeat(39) + "é" + "TAIL");
+  assert.equal(long, `"${"S".repeat(39)}é…"`);
+  assert.doesNotMatch(long, /TAIL/);
+});
+
+Deno.test("a value or key from the file is echoed only as a short excerpt", async () => {
+  const secret = `dbuser:S3CRET-${"x".repeat(200)}`;
+  const error = await parseCapsFile(`${secret}\n`, { path: "/p" }).catch((e) => e);
+  assert.ok(error instanceof CapsFileError);
+  assert.ok(!error.message.includes("x".repeat(27)), error.message);
+  assert.match(error.message, /got the string "dbuser:S3CRET-x{26}…"/);
+  const key = await parseCapsFile(`{"version": 1, "${"k".repeat(100)}": 1}`, { path: "/p" })
+    .catch((e) => e);
+  assert.ok(!key.message.includes("k".repeat(41)), key.message);
+});
+
+Deno.test("nesting that exhausts the stack is a CapsFileError, not a crash", async () => {
+  for (const text of ["[".repeat(500_000), '{"a":'.repeat(200_000), "- ".repeat(200_000)]) {
+    await assert.rejects(
+      () => parseCapsFile(text, { path: "/p" }),
+      (e: unknown) => e instanceof CapsFileError,
+    );
+  }
+});
+
+Deno.test("readCapsFile: a symlink out of the directory is refused; ..data symlinks inside work", async () => {
+  const dir = await Deno.makeTempDir();
+  const outside = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${outside}/secret`, "dbuser:S3CRET\n");
+    await Deno.symlink(`${outside}/secret`, `${dir}/caps.yaml`);
+    await assert.rejects(
+      () => readCapsFile(`${dir}/caps.yaml`),
+      (e: unknown) =>
+        e instanceof CapsFileError && /outside the caps file's directory/.test(e.message) &&
+        !e.message.includes("S3CRET"),
+    );
+    await Deno.remove(`${dir}/caps.yaml`);
+    await Deno.mkdir(`${dir}/..2026_01`);
+    await Deno.writeTextFile(`${dir}/..2026_01/caps.yaml`, "version: 1\ndefault: {watts: 300}\n");
+    await Deno.symlink("..2026_01", `${dir}/..data`);
+    await Deno.symlink("..data/caps.yaml", `${dir}/caps.yaml`);
+    assert.equal((await readCapsFile(`${dir}/caps.yaml`)).default?.kind, "watts");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("a parser message quoting the file (an unresolved alias) is cut to a short excerpt", async () => {
+  const error = await parseError(`version: *S3CRET${"S".repeat(100)}\u0001\n`);
+  assert.match(error.message, /Unresolved alias .*: S3CRETS{34}…$/);
+  assert.ok(!error.message.includes("S".repeat(41)));
 });

@@ -97,3 +97,25 @@ Deno.test("readPodUidOfPid: reads <procRoot>/<pid>/cgroup; vanished pid → unde
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("readPodUidOfPid: a FIFO, /dev/zero or an oversized file → undefined at once (bounded, never blocks)", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${root}/50`);
+    const made = await new Deno.Command("mkfifo", { args: [`${root}/50/cgroup`] }).output();
+    assert.equal(made.code, 0, "mkfifo is needed by this test");
+    await Deno.mkdir(`${root}/51`);
+    await Deno.symlink("/dev/zero", `${root}/51/cgroup`);
+    await Deno.mkdir(`${root}/52`);
+    // Over 64 KiB, with a pod line at the end that an unbounded read would find.
+    await Deno.writeTextFile(
+      `${root}/52/cgroup`,
+      "1:cpu:/x\n".repeat(8000) + `0::/kubepods/pod${UID}/abc\n`,
+    );
+    assert.equal(readPodUidOfPid(root, 50), undefined);
+    assert.equal(readPodUidOfPid(root, 51), undefined);
+    assert.equal(readPodUidOfPid(root, 52), undefined);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -394,3 +394,40 @@ Deno.test("start twice is an error", async () => {
   await using h = await harness("version: 1\n");
   await assert.rejects(() => h.source.start(() => {}), /already started/);
 });
+
+Deno.test("an oversized edit (over 1 MiB) keeps the last good caps and says why", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  await renameReplace(h.path, "version: 1\ndefault: {watts: 250}\n" + "#\n".repeat(600_000));
+  await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+  assert.deepEqual(h.telemetry.sourceErrors, ["file:unreadable"]);
+  assert.equal(h.watts("GPU-0"), 300, "last good caps kept");
+  assert.match(h.source.health().problem ?? "", /caps\.yaml: is larger than 1 MiB/);
+});
+
+Deno.test("a swap to a symlink out of the directory keeps the last good caps, never reads it", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  const outside = await Deno.makeTempDir({ prefix: "caps-outside-" });
+  try {
+    await Deno.writeTextFile(`${outside}/caps.yaml`, "version: 1\ndefault: {watts: 250}\n");
+    await Deno.symlink(`${outside}/caps.yaml`, `${h.path}.tmp`);
+    await Deno.rename(`${h.path}.tmp`, h.path);
+    await h.waiters.until(() => h.telemetry.reloads.includes("failure"), "a failed reload");
+    assert.equal(h.watts("GPU-0"), 300, "last good caps kept");
+    assert.match(h.source.health().problem ?? "", /outside the caps file's directory/);
+  } finally {
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
+Deno.test("a write without its close waits for the settle time; the close applies at once", async () => {
+  await using h = await harness("version: 1\ndefault: {watts: 300}\n");
+  const file = await Deno.open(h.path, { write: true, truncate: true });
+  await file.write(new TextEncoder().encode("version: 1\ndefault: {watts: 250}\n"));
+  // Open for writing: the 20 ms debounce passes, nothing is applied (settle is 2 s).
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(h.changes(), 0);
+  assert.equal(h.watts("GPU-0"), 300);
+  file.close();
+  await h.changed(1);
+  assert.equal(h.watts("GPU-0"), 250);
+});

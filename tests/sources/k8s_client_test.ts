@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
+import { KubeConfigError } from "../../src/sources/kubeconfig.ts";
 import {
   KubeApiError,
   type KubeClient,
-  KubeConfigError,
   loadKubeClient,
 } from "../../src/sources/kubernetes_client.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";

@@ -1,22 +1,20 @@
 import assert from "node:assert/strict";
 import { noopTelemetry, type Telemetry } from "../../src/metrics/telemetry.ts";
 import { loadKubeClient } from "../../src/sources/kubernetes_client.ts";
-import { NodeAnnotationWatcher } from "../../src/sources/kubernetes_node_watch.ts";
+import {
+  NodeAnnotationWatcher,
+  type NodeAnnotationWatcherOptions,
+} from "../../src/sources/kubernetes_node_watch.ts";
 import { POWER_BUDGET_ANNOTATION } from "../../src/sources/budget_annotation.ts";
 import { type FakeApiServerOptions, startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { ManualClock, waitFor } from "./k8s_test_support.ts";
 
 const NODE = "node-a";
 
-/** Poll `predicate` every 5 ms; throw with `what` after 4 s. */
-async function waitFor(predicate: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 4000;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-async function setup(serverOptions: FakeApiServerOptions = {}) {
+async function setup(
+  serverOptions: FakeApiServerOptions = {},
+  options: Partial<NodeAnnotationWatcherOptions> = {},
+) {
   const server = await startFakeApiServer(serverOptions);
   const dir = await Deno.makeTempDir();
   const client = await loadKubeClient({ kubeconfigPath: await server.writeKubeconfig(dir) });
@@ -32,6 +30,7 @@ async function setup(serverOptions: FakeApiServerOptions = {}) {
     onChange: (value) => changes.push(value),
     telemetry,
     backoff: { initialMs: 10, maxMs: 40 },
+    ...options,
   });
   return {
     server,
@@ -138,4 +137,48 @@ Deno.test("node watch: a failing WATCH keeps the last value and retries", async 
   f.server.setNodeAnnotation(NODE, POWER_BUDGET_ANNOTATION, "3000");
   await waitFor(() => f.watcher.value === "3000", "the change arrives after recovery");
   assert.equal(f.server.counters.lists + f.server.counters.watches, 0, "no pod requests");
+});
+
+Deno.test("node watch: a watch that keeps answering 410 backs off its relists (no storm)", async () => {
+  for (const fault of [410, "gone"] as const) {
+    const clock = new ManualClock();
+    await using f = await setup({}, {
+      clock,
+      random: () => 0.5,
+      backoff: { initialMs: 100, maxMs: 800 },
+    });
+    f.server.addNode(NODE, { annotations: { [POWER_BUDGET_ANNOTATION]: "4000" } });
+    f.server.setFaults({ nodeWatch: fault });
+    await f.watcher.start();
+    // First 410 after a healthy start: relist at once; then 150, 300, 600, 600 ms (capped).
+    // Before, every LIST reset the count (HTTP 410 relisted with no pause at all).
+    for (const [i, ms] of [150, 300, 600, 600].entries()) {
+      await waitFor(() => clock.pending().includes(ms), `relist backoff ${ms} ms (${fault})`);
+      assert.equal(f.server.counters.nodeLists, i + 2, "one LIST per backoff, not a storm");
+      assert.equal(f.server.counters.nodeWatches, i + 2);
+      clock.fire(ms);
+    }
+    await waitFor(() => f.server.counters.nodeLists === 6, "sixth LIST");
+    assert.equal(f.watcher.value, "4000");
+  }
+});
+
+Deno.test("node watch: while the API server is unreachable the backoff is capped at 3 s", async () => {
+  const clock = new ManualClock();
+  await using f = await setup({}, { clock, random: () => 0.5, backoff: undefined });
+  await f.server.stop();
+  await f.watcher.start();
+  assert.match(f.watcher.health().problem!, /^node list failed: /);
+  // Default 500 ms doubling to 30 s, jitter 0.5: 375, 750, 1500, then 2250 (3 s cap), never more.
+  for (const ms of [375, 750, 1500, 2250, 2250, 2250]) {
+    await waitFor(() => clock.pending().includes(ms), `backoff ${ms} ms`);
+    clock.fire(ms);
+  }
+  await f.server.start();
+  f.server.addNode(NODE, { annotations: { [POWER_BUDGET_ANNOTATION]: "3000" } });
+  await waitFor(() => {
+    if (clock.pending().includes(2250)) clock.fire(2250);
+    return f.watcher.value === "3000";
+  }, "the budget arrives once the API server is back");
+  assert.equal(f.watcher.health().problem, undefined);
 });

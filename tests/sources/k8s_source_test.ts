@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { GPU0, GPU1, KEY, NODE, SAFE_MW, setupK8s, waitFor } from "./k8s_test_support.ts";
+import { ReconcileLoop } from "../../src/reconcile/loop.ts";
+import { loadJournal } from "../../src/state/journal.ts";
 
 Deno.test("k8s source: null before start, then initial sync → caps on the pod's GPU", async () => {
   await using f = await setupK8s({ noStart: true });
@@ -454,26 +456,13 @@ Deno.test("k8s source: Events come from outcomes — nothing from desired() or a
   await f.runProcess(2000, pod.metadata.uid, 0);
   await waitFor(() => f.source.stats().pods === 1, "pod seen");
   f.source.desired(f.views());
-  f.source.report(
-    [{
-      uuid: GPU0,
-      index: 0,
-      name: "x",
-      action: "apply",
-      fromMw: 700_000,
-      toMw: 250_000,
-      requestedMw: 250_000,
-      clamp: "none",
-      reason: "pod ml/p",
-      desired: f.source.desired(f.views())!.get(GPU0),
-      desiredKind: "pod",
-      enforced: true,
-      wanted: true,
-      changed: false,
-      summary: "",
-    }],
-    { dryRun: true },
-  );
+  // A dry run: the loop over a read-only journal plans the 250 W cap but never reports it.
+  const dryRun = new ReconcileLoop(f.gpu, f.source, {
+    journal: loadJournal(`${f.dir}/state`, { readOnly: true }),
+    intervalMs: 60_000,
+    printPlan: () => {},
+  });
+  assert.equal(dryRun.runOnce().gpus[0].summary, "would set 700 W → 250 W (pod ml/p)");
   await f.source.flushEvents();
   assert.equal(f.server.counters.events, 0, "a decision or a dry run posts nothing");
 

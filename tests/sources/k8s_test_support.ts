@@ -2,6 +2,7 @@
  * Shared setup of the Kubernetes source tests: fake API server + kubeconfig + fake proc root +
  * fake GPUs + recording telemetry, wired through the real client library.
  */
+import type { Clock } from "../../src/clock.ts";
 import type { Telemetry } from "../../src/metrics/telemetry.ts";
 import { type GpuView, gpuViews } from "../../src/sources/cap_source.ts";
 import { observeGpus } from "../../src/reconcile/observe.ts";
@@ -127,7 +128,10 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
   let last: PassReport | null = null;
   let changes = 0;
   if (!options.noStart) await source.start(() => changes++);
-  const views = () => gpuViews(observeGpus(gpu, { pids: true }));
+  // Observed as the reconcile loop does: what the source says it needs.
+  const observe = () =>
+    observeGpus(gpu, { pids: source.needsPids, migDevices: source.needsMigDevices });
+  const views = () => gpuViews(observe());
   return {
     server,
     source,
@@ -139,11 +143,11 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
     views,
     lastReport: () => last,
     caps() {
-      const observation = observeGpus(gpu, { pids: true });
+      const observation = observe();
       const desired = source.desired(gpuViews(observation));
       if (desired === null) throw new Error("desired() returned null");
       last = reconcilePass(gpu, desired, { journal, telemetry, observation });
-      source.report(last.gpus, { dryRun: false });
+      source.report(last.gpus);
       return Object.fromEntries([...desired].map(([uuid, cap]) => [uuid, cap.mw]));
     },
     async runProcess(pid, uid, index) {
@@ -166,4 +170,38 @@ export async function setupK8s(options: SetupOptions = {}): Promise<K8sFixture> 
       await Deno.remove(dir, { recursive: true });
     },
   };
+}
+
+/** A clock whose timers only fire when the test says so; records requested delays. */
+export class ManualClock implements Clock {
+  delays: number[] = [];
+  #timers = new Map<number, { fn: () => void; ms: number }>();
+  #next = 1;
+  now(): number {
+    return 1_000_000;
+  }
+  setTimeout(fn: () => void, ms: number): number {
+    const id = this.#next++;
+    this.#timers.set(id, { fn, ms });
+    this.delays.push(ms);
+    return id;
+  }
+  clearTimeout(id: number): void {
+    this.#timers.delete(id);
+  }
+  /** Pending timers' delays. */
+  pending(): number[] {
+    return [...this.#timers.values()].map((t) => t.ms);
+  }
+  /** Fire the pending timer with this delay. */
+  fire(ms: number): void {
+    for (const [id, t] of this.#timers) {
+      if (t.ms === ms) {
+        this.#timers.delete(id);
+        t.fn();
+        return;
+      }
+    }
+    throw new Error(`no pending timer of ${ms} ms (pending: ${this.pending().join(", ")})`);
+  }
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { JOURNAL_FILE, loadJournal } from "../../src/state/journal.ts";
+import { JOURNAL_FILE, JournalReadError, loadJournal } from "../../src/state/journal.ts";
 import { captureLogs, tempStateDir } from "../reconcile/fakes.ts";
 
 const UUID = "GPU-00000000-0000-0000-0000-000000000001";
@@ -131,7 +131,7 @@ Deno.test("dry-run journal never writes, not even a corrupt file aside", async (
   Deno.writeTextFileSync(path, "garbage");
   let journal: ReturnType<typeof loadJournal> | undefined;
   const logs = await captureLogs(() => {
-    journal = loadJournal(tmp.dir, { dryRun: true, now });
+    journal = loadJournal(tmp.dir, { readOnly: true, now });
   });
   assert.equal(logs.filter((l) => l.level === "warning").length, 1);
   assert.equal(Deno.readTextFileSync(path), "garbage");
@@ -150,7 +150,7 @@ Deno.test("readOnly journal (status) never writes or moves a corrupt file", asyn
   await captureLogs(() => {
     journal = loadJournal(tmp.dir, { readOnly: true });
   });
-  assert.equal(journal!.dryRun, true);
+  assert.equal(journal!.readOnly, true);
   journal!.recordBaseline(UUID, 700_000, { name: "a" });
   assert.equal(journal!.save(), false);
   assert.deepEqual([...Deno.readDirSync(tmp.dir)].map((e) => e.name), [JOURNAL_FILE]);
@@ -170,4 +170,45 @@ Deno.test("save failure names the file and keeps changes for a retry", () => {
   );
   assert.equal(journal.dirty, true);
   assert.equal(journal.has(UUID), true);
+});
+
+Deno.test("strict (restore): a corrupt journal throws, naming it, and is left in place", () => {
+  using tmp = tempStateDir();
+  Deno.mkdirSync(tmp.dir);
+  const path = `${tmp.dir}/${JOURNAL_FILE}`;
+  Deno.writeTextFileSync(path, "[]");
+  assert.throws(
+    () => loadJournal(tmp.dir, { strict: true }),
+    (e: unknown) =>
+      e instanceof JournalReadError &&
+      e.message.startsWith(`Journal ${path} is corrupt (top level is not an object)`),
+  );
+  assert.equal(Deno.readTextFileSync(path), "[]");
+});
+
+Deno.test("strict (restore): an unreadable journal (FIFO, device) throws at once; a missing one is empty", async () => {
+  using tmp = tempStateDir();
+  Deno.mkdirSync(tmp.dir);
+  assert.equal(loadJournal(tmp.dir, { strict: true }).size, 0);
+  const path = `${tmp.dir}/${JOURNAL_FILE}`;
+  const made = await new Deno.Command("mkfifo", { args: [path] }).output();
+  assert.equal(made.code, 0, "mkfifo is needed by this test");
+  assert.throws(
+    () => loadJournal(tmp.dir, { strict: true }),
+    (e: unknown) =>
+      e instanceof JournalReadError && e.message.startsWith(`Cannot read journal ${path}: `) &&
+      /FIFO/.test(e.message),
+  );
+  // Not strict (run, status): a warning and an empty journal, never a hang.
+  const logs = await captureLogs(() => {
+    assert.equal(loadJournal(tmp.dir, { readOnly: true }).size, 0);
+  });
+  assert.match(logs.find((l) => l.level === "warning")?.text ?? "", /FIFO/);
+  assert.ok(Deno.lstatSync(path).isFifo, "status never moves it");
+  // `run`: moved aside like a corrupt file, so the next save cannot overwrite the evidence.
+  await captureLogs(() => {
+    assert.equal(loadJournal(tmp.dir, { now }).size, 0);
+  });
+  assert.ok(Deno.lstatSync(`${path}.corrupt-${NOW}`).isFifo);
+  assert.throws(() => Deno.lstatSync(path), Deno.errors.NotFound);
 });

@@ -109,14 +109,16 @@ the metrics listener on metrics.port, and the grants of each enabled feature.
 {{- if not (kindIs "invalid" $v.maxWatts) }}
 {{- $args = concat $args (list "--max-watts" (toString $v.maxWatts)) }}
 {{- end }}
-{{- if ne $v.podGpuMapping "processes" }}
+{{- /* Always explicit: the grants, hostPID and the socket mount follow this value. */}}
 {{- $args = concat $args (list "--pod-gpu-mapping" $v.podGpuMapping) }}
-{{- end }}
 {{- if include "gpu-power-agent.podResources" . }}
 {{- $args = concat $args (list "--pod-resources-socket" $layout.podResourcesSocket) }}
 {{- end }}
 {{- if $v.nodePolicy.enabled }}
 {{- $args = concat $args (list "--caps-file" $layout.nodePolicyFile) }}
+{{- end }}
+{{- if not $v.nodeBudgetAnnotation.enabled }}
+{{- $args = concat $args (list "--no-node-budget-annotation") }}
 {{- end }}
 {{- if not (kindIs "invalid" $v.enforceGraceSeconds) }}
 {{- $args = concat $args (list "--enforce-grace" (toString $v.enforceGraceSeconds)) }}
