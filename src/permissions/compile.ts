@@ -21,6 +21,7 @@ import {
   type PermissionSet,
   toDenoFlags,
 } from "./permission_set.ts";
+import { AGENT_RUNTIME_FLAGS } from "./runtime.ts";
 
 /** Targets `deno task compile` builds by default. */
 export const COMPILE_TARGETS = [
@@ -33,7 +34,8 @@ export type CompileTarget = typeof COMPILE_TARGETS[number];
 
 /**
  * V8 without its JIT: no writable+executable memory, so the systemd unit can set
- * MemoryDenyWriteExecute=yes (V8 with JIT aborts under it).
+ * MemoryDenyWriteExecute=yes (V8 with JIT aborts under it). `--lite-mode` of
+ * {@linkcode AGENT_RUNTIME_FLAGS} implies it too; it stays explicit where it is required.
  */
 export const JITLESS_V8_FLAG = "--v8-flags=--jitless";
 
@@ -54,7 +56,10 @@ export interface BakedOptions {
   metricsAddress?: string;
   /** Default: `libnvidia-ml.so.1` in each usual driver directory (the binary searches them). */
   nvmlLibraryPath?: string | readonly string[];
-  /** Bake {@linkcode JITLESS_V8_FLAG} (default true). */
+  /**
+   * Bake {@linkcode JITLESS_V8_FLAG} (default true). Without it the binary is still jitless
+   * through `--lite-mode` (src/permissions/runtime.ts).
+   */
   jitless?: boolean;
 }
 
@@ -72,13 +77,15 @@ export function bakedPermissionSet(options: BakedOptions = {}): PermissionSet {
  * The runtime flags baked into the binary: `--no-prompt`, `--quiet` (under
  * MemoryDenyWriteExecute Deno cannot build its FFI fast-call trampolines and would log "Failed
  * to compile FFI turbocall" once per NVML symbol at every start; calls take the regular path),
- * the permission flags and (default) `--v8-flags=--jitless`. `deno run <these> main.ts …`
- * behaves like the binary.
+ * the runtime flags of `runtime.ts` (V8 memory settings), the permission flags and (default)
+ * `--v8-flags=--jitless`. `deno run <these> main.ts …` behaves like the binary. The malloc
+ * variables of `runtime.ts` cannot be baked in: the systemd unit sets them (`Environment=`).
  */
 export function bakedFlags(options: BakedOptions = {}): string[] {
   return [
     "--no-prompt",
     "--quiet",
+    ...AGENT_RUNTIME_FLAGS,
     ...toDenoFlags(bakedPermissionSet(options)),
     ...(options.jitless === false ? [] : [JITLESS_V8_FLAG]),
   ];

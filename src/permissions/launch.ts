@@ -30,6 +30,7 @@ import {
 import { forwardSignals } from "./forward_signals.ts";
 import type { EarlySignals } from "../cli/early_signals.ts";
 import { inClusterHostPort, kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
+import { AGENT_RUNTIME_FLAGS, agentMallocEnv } from "./runtime.ts";
 
 /** Absolute path of the agent entry point. */
 export const MAIN_MODULE = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -64,11 +65,17 @@ export interface LaunchPlan {
   permissions: PermissionSet;
   /** Executable to spawn (Deno). */
   deno: string;
-  /** Its arguments: `run --no-prompt --config … <permission flags> <main.ts> <agent args>`. */
+  /**
+   * Its arguments: `run --no-prompt <runtime flags> --config … <permission flags> <main.ts>
+   * <agent args>` (runtime flags: `runtime.ts`).
+   */
   args: string[];
   /** Working directory of the child. */
   cwd: string;
-  /** Variables set for the child on top of the inherited environment. */
+  /**
+   * Variables set for the child on top of the inherited environment (paths made absolute, the
+   * NVML library found, the malloc settings of `runtime.ts` unless already set).
+   */
   env: Record<string, string>;
 }
 
@@ -178,6 +185,7 @@ export async function planLaunch(
         args: [
           "run",
           "--no-prompt",
+          ...AGENT_RUNTIME_FLAGS,
           "--config",
           options.config ?? DENO_CONFIG,
           ...toDenoFlags(permissions),
@@ -185,7 +193,7 @@ export async function planLaunch(
           ...absolutizeArgs(argv, cwd),
         ],
         cwd,
-        env: childEnv,
+        env: { ...agentMallocEnv(env), ...childEnv },
       },
     };
   } catch (error) {

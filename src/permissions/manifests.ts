@@ -22,6 +22,7 @@ import {
   type PermissionSet,
   toDenoFlags,
 } from "./permission_set.ts";
+import { AGENT_MALLOC_ENV, AGENT_RUNTIME_FLAGS } from "./runtime.ts";
 
 /** The API server in a DaemonSet `command` (expanded by the kubelet). */
 export const KUBELET_API_SERVER = "$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)";
@@ -67,12 +68,13 @@ export function containerPermissionSet(options: ContainerOptions): PermissionSet
 
 /**
  * Runtime flags of `deno run` in the image: never prompt, never fetch (everything was cached at
- * build time), never rewrite the lock file.
+ * build time), never rewrite the lock file; the agent's V8 settings (`runtime.ts`).
  */
 export const CONTAINER_RUNTIME_FLAGS: readonly string[] = Object.freeze([
   "--no-prompt",
   "--cached-only",
   "--frozen",
+  ...AGENT_RUNTIME_FLAGS,
 ]);
 
 /** `deno run …` of the agent in the image, without the agent's own arguments. */
@@ -98,13 +100,18 @@ function shellQuote(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'"'"'`)}'`;
 }
 
-/** The Dockerfile ENTRYPOINT (exec form of `sh -c 'exec deno run … "$@"'`). */
+/**
+ * The Dockerfile's malloc `ENV` (`runtime.ts`; the chart's DaemonSet also names them) and
+ * ENTRYPOINT (exec form of `sh -c 'exec deno run … "$@"'`).
+ */
 export function dockerEntrypointBlock(): string {
   const script = "exec " +
     containerCommand({ apiServer: SHELL_API_SERVER }).map(shellQuote).join(" ") +
     ' "$@"';
+  const env = Object.entries(AGENT_MALLOC_ENV).map(([name, value]) => `${name}=${value}`);
   return [
     `# ${GENERATED_BEGIN}: do not edit`,
+    `ENV ${env.join(" ")}`,
     `ENTRYPOINT ["/bin/sh", "-c", ${JSON.stringify(script)}, "gpu-power-agent"]`,
     `# ${GENERATED_END}`,
   ].join("\n");
@@ -142,6 +149,8 @@ export interface ChartCommandSpec {
   /** Everything after the permission flags: the main module (and any flags before it). */
   tail: string[];
   metricsHost: string;
+  /** Variables of the container (the malloc settings of `runtime.ts`). */
+  env: Array<{ name: string; value: string }>;
   /** Extra grants per chart feature (`nodePolicy`: the caps file's directory). */
   features: Record<"nodePolicy" | "podResources", ChartGrant[]>;
   layout: {
@@ -176,6 +185,7 @@ export function chartCommandSpec(): ChartCommandSpec {
     grants: DENO_PERMISSION_FLAGS.map(([flag, kind]) => ({ flag, values: [...base[kind]] })),
     tail: full.slice(last + 1),
     metricsHost: CONTAINER_LAYOUT.metricsHost,
+    env: Object.entries(AGENT_MALLOC_ENV).map(([name, value]) => ({ name, value })),
     features: {
       nodePolicy: extraGrants(
         containerPermissionSet({ ...common, capsFile: CONTAINER_LAYOUT.nodePolicyFile }),

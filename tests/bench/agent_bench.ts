@@ -1,12 +1,33 @@
 /**
- * Benchmark of the running agent (file mode), spawned as a user would (`deno task agent run`):
- * - reaction latency: caps-file write → limit set on every GPU (fake NVML log timestamps), p50/p99;
- * - quiet node: NVML sets and CPU time over an idle window;
- * - RSS of the agent process (VmRSS / VmHWM), metrics server on;
- * - Kubernetes mode (in-test API server, fake proc root): annotation change → GPU and pod
- *   deletion → baseline latency, LIST/WATCH counts, RSS.
- * Prints figures; asserts nothing about time. Usage: deno task bench
+ * `deno task bench`: the running agent, spawned as a user would (`deno task agent run`), with the
+ * fake libnvidia-ml.so.1 (8 GPUs) and metrics on, in file mode and Kubernetes mode (in-test API
+ * server, fake proc root):
+ * - startup: spawn → every GPU at its cap;
+ * - reaction: desired change (caps-file write / pod annotation) → limit set (fake NVML log
+ *   timestamps), p50/p99, and the agent's utime+stime over those changes ÷ the GPU limit changes
+ *   they caused (an edit of the caps file's default changes all 8 GPUs, an annotation one);
+ * - sustained load: file mode 2 caps edits/s, Kubernetes mode ≥ 20 pod events/s (annotation
+ *   changes on the GPU pods and pods coming and going on the node) for `--sustain-seconds`
+ *   (default 600); VmHWM at the end, VmRSS `--after-seconds` (default 60) after the load stops;
+ * - Kubernetes: LIST and WATCH requests over the whole run; first change after the API server
+ *   returns (`tests/bench/api_recovery.ts`, when present).
+ * First (unless `--quick` or `--no-reconcile`) `deno bench` of tests/bench/ (steady reconcile
+ * pass), tests/bench/pod_resources_bench.ts and tests/bench/pod_resources_latency.ts.
+ *
+ * Prints a Markdown table (stdout), or with `--json` ONE JSON object on stdout (everything else
+ * on stderr). `--quick` is the smoke configuration CI runs (seconds; figures meaningless).
+ * Asserts nothing about time.
+ *
+ *   deno task bench [--json] [--quick] [--sustain-seconds N] [--after-seconds N]
+ *     [--mode file|kubernetes]... [--agent-env NAME=VALUE]... [--no-reconcile] [--from-json FILE]
+ *
+ * `--agent-env` sets a variable for the agent only (measuring levers, e.g.
+ * `DENO_V8_FLAGS=--max-semi-space-size=1` or `MALLOC_ARENA_MAX=2`); `--from-json` prints the
+ * table of a saved `--json` report.
+ *
+ * @module
  */
+import { parseArgs } from "node:util";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import {
   createFakeNvmlDir,
@@ -18,101 +39,278 @@ import {
   type AgentProcess,
   descendants,
   kubernetesRunArgs,
+  REPO_ROOT,
   spawnAgent,
   waitFor,
 } from "../helpers/agent_process.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
 
-const GPUS = 8;
-const EDITS = Number(Deno.env.get("BENCH_EDITS") ?? 60);
+/** One mode's figures (null where a figure does not apply or was not measured). */
+export interface BenchResult {
+  mode: "file" | "kubernetes";
+  reaction_ms_p50: number | null;
+  reaction_ms_p99: number | null;
+  vmrss_mib_start: number | null;
+  vmhwm_mib_sustained: number | null;
+  vmrss_mib_after_load: number | null;
+  cpu_ms_per_change: number | null;
+  list_requests: number | null;
+  watch_requests: number | null;
+  startup_ms: number | null;
+  api_recovery_ms_p99: number | null;
+}
 
-/** `key` (a kB line) of /proc/<pid>/status in MiB. */
+/** What `--json` prints. */
+export interface BenchReport {
+  date: string;
+  machine: string;
+  deno: string;
+  results: BenchResult[];
+}
+
+/** The keys of every {@linkcode BenchResult}, in print order. */
+export const RESULT_KEYS: readonly (keyof BenchResult)[] = [
+  "mode",
+  "reaction_ms_p50",
+  "reaction_ms_p99",
+  "vmrss_mib_start",
+  "vmhwm_mib_sustained",
+  "vmrss_mib_after_load",
+  "cpu_ms_per_change",
+  "list_requests",
+  "watch_requests",
+  "startup_ms",
+  "api_recovery_ms_p99",
+];
+
+/** How a run is configured. */
+export interface BenchOptions {
+  modes: ReadonlyArray<BenchResult["mode"]>;
+  /** Desired changes timed one by one (latency, CPU per change). */
+  changes: number;
+  /** Length of the sustained load. */
+  sustainSeconds: number;
+  /** Wait after the load before VmRSS is read. */
+  afterSeconds: number;
+  /** Caps-file edits per second under sustained load (file mode). */
+  fileEditsPerSecond: number;
+  /** Pod events per second under sustained load (Kubernetes mode). */
+  podEventsPerSecond: number;
+  /** Variables for the agent only. */
+  agentEnv: Record<string, string>;
+  /** Smoke configuration (passed on to the API-recovery measurement). */
+  quick: boolean;
+  /** Progress lines (stderr). */
+  log: (line: string) => void;
+}
+
+const GPUS = 8;
+const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
+
+/** `key` (a kB line) of /proc/<pid>/status in MiB, to 0.1. */
 export function procStatus(pid: number, key: string): number {
   const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(
     new RegExp(`^${key}:\\s+(\\d+) kB`, "m"),
   );
-  return m ? Number(m[1]) / 1024 : NaN;
+  if (!m) throw new Error(`/proc/${pid}/status has no ${key}`);
+  return Math.round(Number(m[1]) / 1024 * 10) / 10;
 }
 
-function cpuSeconds(pid: number): number {
+/** utime + stime of `pid` in milliseconds (clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
   const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, clock ticks (100 Hz)
+  return (Number(f[11]) + Number(f[12])) * 10;
 }
 
-/** The p-th percentile of ascending `sorted` (nearest rank). */
-export function percentile(sorted: number[], p: number): number {
+/** The p-th percentile of `values` (nearest rank). */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
-async function fileModeBench(): Promise<Record<string, unknown>> {
-  const lib = await buildFakeNvml();
-  const fake = createFakeNvmlDir(makeFakeState(GPUS));
-  const dir = fake.dir;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const round1 = (n: number) => Math.round(n * 10) / 10;
+
+/** Calls `tick(n)` for every event due at `perSecond` until `seconds` have passed. */
+async function paced(
+  seconds: number,
+  perSecond: number,
+  tick: (n: number) => void,
+): Promise<number> {
+  const start = performance.now();
+  let done = 0;
+  while (performance.now() - start < seconds * 1000) {
+    const due = Math.floor((performance.now() - start) / 1000 * perSecond);
+    while (done < due) tick(done++);
+    await sleep(Math.max(5, Math.min(50, 1000 / perSecond / 2)));
+  }
+  return done;
+}
+
+/** The agent process itself: the deepest descendant of `deno task agent`. */
+function agentPid(agent: AgentProcess): number {
+  const pid = descendants(agent.child.pid).at(-1);
+  if (pid === undefined) throw new Error(`agent not running; output:\n${agent.output()}`);
+  return pid;
+}
+
+interface Measured {
+  startupMs: number;
+  rssStart: number;
+  reactions: number[];
+  cpuPerChange: number;
+  hwm: number;
+  rssAfter: number;
+}
+
+/**
+ * What both modes share: wait for the initial caps, time `changes` changes, run the load, wait,
+ * read memory. `change(i)` makes one desired change and returns how many set-log lines it
+ * produces; `load(n)` makes the n-th sustained-load event.
+ */
+async function measure(
+  agent: AgentProcess,
+  fake: FakeNvmlDir,
+  spawnedAt: number,
+  options: BenchOptions & {
+    perSecond: number;
+    change: (i: number) => number;
+    load: (n: number) => void;
+  },
+): Promise<Measured> {
   const setLines = () => fake.readLog();
-  const caps = `${dir}/caps.yaml`;
-  Deno.writeTextFileSync(caps, "version: 1\ndefault: {watts: 300}\n");
-  const port = 19000 + Math.floor(Math.random() * 1000);
-  const agent = spawnAgent([
-    "run",
-    "--caps-file",
-    caps,
+  await waitFor(() => setLines().length >= GPUS, "initial caps", 60_000);
+  const startupMs = Date.now() - spawnedAt;
+  const pid = agentPid(agent);
+  await sleep(options.quick ? 500 : 3000);
+  const rssStart = procStatus(pid, "VmRSS");
+
+  const reactions: number[] = [];
+  const cpu0 = cpuMs(pid);
+  const sets0 = setLines().length;
+  for (let i = 1; i <= options.changes; i++) {
+    const before = setLines().length;
+    const t0 = Date.now();
+    const lines = options.change(i);
+    await waitFor(() => setLines().length >= before + lines, `change ${i}`, 10_000);
+    const stamps = setLines().slice(before).map((l) => Number(l.split(" ")[0]));
+    reactions.push(Math.max(...stamps) - t0);
+    await sleep(20);
+  }
+  // Per GPU limit change (a caps-file edit changes all 8 GPUs, an annotation one).
+  const cpuPerChange = (cpuMs(pid) - cpu0) / (setLines().length - sets0);
+
+  options.log(`sustained load: ${options.perSecond}/s for ${options.sustainSeconds} s`);
+  const events = await paced(options.sustainSeconds, options.perSecond, options.load);
+  await sleep(500);
+  const hwm = procStatus(pid, "VmHWM");
+  options.log(`${events} events; VmHWM ${hwm} MiB; waiting ${options.afterSeconds} s`);
+  await sleep(options.afterSeconds * 1000);
+  const rssAfter = procStatus(pid, "VmRSS");
+  return { startupMs, rssStart, reactions, cpuPerChange, hwm, rssAfter };
+}
+
+/** A mode's result from what {@linkcode measure} found and the mode's own figures. */
+function result(
+  mode: BenchResult["mode"],
+  m: Measured,
+  own: Pick<BenchResult, "list_requests" | "watch_requests" | "api_recovery_ms_p99">,
+): BenchResult {
+  return {
+    mode,
+    reaction_ms_p50: percentile(m.reactions, 50),
+    reaction_ms_p99: percentile(m.reactions, 99),
+    vmrss_mib_start: m.rssStart,
+    vmhwm_mib_sustained: m.hwm,
+    vmrss_mib_after_load: m.rssAfter,
+    cpu_ms_per_change: round1(m.cpuPerChange),
+    list_requests: own.list_requests,
+    watch_requests: own.watch_requests,
+    startup_ms: m.startupMs,
+    api_recovery_ms_p99: own.api_recovery_ms_p99,
+  };
+}
+
+function metricsAddress(): string {
+  return `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`;
+}
+
+/** `deno task agent <args>` on the fake library, metrics on, warnings only, `--agent-env` set. */
+function spawnBenchAgent(
+  args: readonly string[],
+  context: { lib: string; fake: FakeNvmlDir; options: BenchOptions },
+): AgentProcess {
+  const { lib, fake, options } = context;
+  return spawnAgent([
+    ...args,
     "--nvml-library",
     lib,
     "--state-dir",
-    `${dir}/state`,
+    `${fake.dir}/state`,
     "--metrics-address",
-    `127.0.0.1:${port}`,
+    metricsAddress(),
     "--log-level",
     "warning",
-  ], { env: fake.env });
+  ], { env: { ...fake.env, ...options.agentEnv } });
+}
+
+async function fileMode(options: BenchOptions): Promise<BenchResult> {
+  const lib = await buildFakeNvml();
+  const fake = createFakeNvmlDir(makeFakeState(GPUS));
+  const caps = `${fake.dir}/caps.yaml`;
+  const write = (watts: number) =>
+    Deno.writeTextFileSync(caps, `version: 1\ndefault: {watts: ${watts}}\n`);
+  write(300);
+  const spawnedAt = Date.now();
+  const agent = spawnBenchAgent(["run", "--caps-file", caps], { lib, fake, options });
   try {
-    await waitFor(() => setLines().length >= GPUS, "initial caps", 30_000);
-    const pid = descendants(agent.child.pid).at(-1)!; // the agent itself (deepest process)
-    const latencies: number[] = [];
-    for (let i = 1; i <= EDITS; i++) {
-      const before = setLines().length;
-      const watts = 300 + (i % 2 === 0 ? 0 : 50) + (i % 7);
-      const t0 = Date.now();
-      Deno.writeTextFileSync(caps, `version: 1\ndefault: {watts: ${watts}}\n`);
-      await waitFor(() => setLines().length >= before + GPUS, `edit ${i}`, 10_000);
-      const last = setLines().slice(before).map((l) => Number(l.split(" ")[0]));
-      latencies.push(Math.max(...last) - t0);
-      await new Promise((r) => setTimeout(r, 30));
-    }
-    latencies.sort((a, b) => a - b);
-    // Quiet node: no writes, little CPU.
-    const setsBefore = setLines().length;
-    const cpu0 = cpuSeconds(pid);
-    const idleMs = 5_000;
-    await new Promise((r) => setTimeout(r, idleMs));
-    const idleSets = setLines().length - setsBefore;
-    const idleCpu = cpuSeconds(pid) - cpu0;
-    const scrape = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    const rss = procStatus(pid, "VmRSS");
-    const hwm = procStatus(pid, "VmHWM");
-    const fmt = (n: number) => n.toFixed(1);
-    return {
-      mode: "file",
-      gpus: GPUS,
-      edits: EDITS,
-      latencyMs: {
-        p50: percentile(latencies, 50),
-        p99: percentile(latencies, 99),
-        max: latencies.at(-1),
+    const m = await measure(agent, fake, spawnedAt, {
+      ...options,
+      perSecond: options.fileEditsPerSecond,
+      change: (i) => {
+        write(300 + (i % 2 === 0 ? 0 : 50) + (i % 7));
+        return GPUS;
       },
-      idle: { seconds: idleMs / 1000, nvmlSets: idleSets, cpuSeconds: idleCpu },
-      rssMiB: Number(fmt(rss)),
-      peakRssMiB: Number(fmt(hwm)),
-      metricsBytes: scrape.length,
-    };
+      load: (n) => write(200 + (n % 200)),
+    });
+    return result("file", m, {
+      list_requests: null,
+      watch_requests: null,
+      api_recovery_ms_p99: null,
+    });
   } finally {
     agent.kill("SIGTERM");
     await agent.status();
+    fake.cleanup();
   }
 }
 
-const ANNOTATION = "dynamo.nvidia.com/gpu-power-limit";
+/** Sustained Kubernetes load: every 10th event an annotation change, else pods come and go. */
+function podChurn(api: FakeApiServer): (n: number) => void {
+  const live: string[] = [];
+  let next = 0;
+  return (n) => {
+    if (n % 10 === 0) {
+      const gpu = (n / 10) % GPUS;
+      api.setAnnotation("bench", `pod-${gpu}`, ANNOTATION, String(250 + (n % 150)));
+    } else if (n % 3 === 0 || live.length >= 30) {
+      const name = live.shift();
+      if (name) api.deletePod("churn", name);
+    } else if (n % 3 === 1 || live.length === 0) {
+      const name = `churn-${next++}`;
+      api.addPod({
+        name,
+        namespace: "churn",
+        phase: "Pending",
+        annotations: { "example.com/owner": `team-${n % 17}` },
+      });
+      live.push(name);
+    } else {
+      api.setPhase("churn", live[live.length - 1], "Running");
+    }
+  };
+}
 
 /** A bench node: fake GPUs, each with a process of an annotated pod (300 W) in the in-test API. */
 export async function kubernetesBenchNode(
@@ -143,12 +341,14 @@ export async function kubernetesBenchNode(
   return { fake, api, kubeconfig: await api.writeKubeconfig(fake.dir), state };
 }
 
-/** The agent in Kubernetes mode on a bench node (warnings only, no Events). */
+/** The agent in Kubernetes mode on a bench node (warnings only; no Events unless `events`). */
 export async function spawnKubernetesBenchAgent(options: {
   fake: FakeNvmlDir;
   kubeconfig: string;
   mapping?: "processes" | "auto" | "pod-resources";
   socket?: string;
+  events?: boolean;
+  env?: Record<string, string>;
 }): Promise<AgentProcess> {
   return spawnAgent([
     ...kubernetesRunArgs({
@@ -159,60 +359,199 @@ export async function spawnKubernetesBenchAgent(options: {
       podResourcesSocket: options.socket,
       nvmlLibrary: await buildFakeNvml(),
       stateDir: `${options.fake.dir}/state`,
-      metricsAddress: `127.0.0.1:${19000 + Math.floor(Math.random() * 1000)}`,
+      metricsAddress: metricsAddress(),
     }),
-    "--no-events",
+    ...(options.events ? [] : ["--no-events"]),
     "--log-level",
     "warning",
-  ], { env: options.fake.env });
+  ], { env: { ...options.fake.env, ...options.env } });
 }
 
-async function kubernetesModeBench(): Promise<Record<string, unknown>> {
+async function kubernetesMode(options: BenchOptions): Promise<BenchResult> {
   const { fake, api, kubeconfig } = await kubernetesBenchNode();
-  const setLines = () => fake.readLog();
-  const agent = await spawnKubernetesBenchAgent({ fake, kubeconfig });
+  const spawnedAt = Date.now();
+  const agent = await spawnKubernetesBenchAgent({
+    fake,
+    kubeconfig,
+    events: true,
+    env: options.agentEnv,
+  });
   try {
-    await waitFor(() => setLines().length >= GPUS, "initial caps", 30_000);
-    const pid = descendants(agent.child.pid).at(-1)!;
-    const change: number[] = [];
-    for (let i = 1; i <= EDITS; i++) {
-      const gpu = i % GPUS;
-      const before = setLines().length;
-      const t0 = Date.now();
-      api.setAnnotation("bench", `pod-${gpu}`, ANNOTATION, String(300 + (i % 2 ? 25 : 0) + i));
-      await waitFor(() => setLines().length > before, `annotation ${i}`, 10_000);
-      change.push(Number(setLines()[before].split(" ")[0]) - t0);
-    }
-    const deletion: number[] = [];
-    for (let i = 0; i < GPUS; i++) {
-      const before = setLines().length;
-      const t0 = Date.now();
-      api.deletePod("bench", `pod-${i}`);
-      await waitFor(() => setLines().length > before, `delete ${i}`, 10_000);
-      deletion.push(Number(setLines()[before].split(" ")[0]) - t0);
-    }
-    change.sort((a, b) => a - b);
-    deletion.sort((a, b) => a - b);
-    return {
-      mode: "kubernetes",
-      gpus: GPUS,
-      annotationChangeMs: {
-        n: change.length,
-        p50: percentile(change, 50),
-        p99: percentile(change, 99),
+    const m = await measure(agent, fake, spawnedAt, {
+      ...options,
+      perSecond: options.podEventsPerSecond,
+      change: (i) => {
+        api.setAnnotation("bench", `pod-${i % GPUS}`, ANNOTATION, String(300 + (i % 2) * 25 + i));
+        return 1;
       },
-      podDeletionMs: { n: deletion.length, p50: percentile(deletion, 50), max: deletion.at(-1) },
-      apiRequests: { lists: api.counters.lists, watches: api.counters.watches },
-      rssMiB: Number(procStatus(pid, "VmRSS").toFixed(1)),
-      peakRssMiB: Number(procStatus(pid, "VmHWM").toFixed(1)),
-    };
+      load: podChurn(api),
+    });
+    return result("kubernetes", m, {
+      list_requests: api.counters.lists,
+      watch_requests: api.counters.watches,
+      api_recovery_ms_p99: await apiRecoveryP99(options),
+    });
   } finally {
     agent.kill("SIGTERM");
     await agent.status();
     await api.close();
+    fake.cleanup();
   }
 }
 
+/** p99 of `measureApiRecovery` from `./api_recovery.ts`, or null while that module is absent. */
+async function apiRecoveryP99(options: BenchOptions): Promise<number | null> {
+  const url = new URL("./api_recovery.ts", import.meta.url);
+  try {
+    Deno.statSync(url);
+  } catch {
+    options.log("api_recovery: tests/bench/api_recovery.ts not present, figure is null");
+    return null;
+  }
+  const module = await import(url.href);
+  // --quick: two short outages (a smoke run); else the module's defaults (6 outages of 8 s).
+  const result = await module.measureApiRecovery(
+    options.quick ? { rounds: 2, downMs: 2000, upMs: 500 } : {},
+  );
+  return typeof result?.p99Ms === "number" ? result.p99Ms : null;
+}
+
+function machine(): string {
+  const cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/^model name\s*:\s*(.+)$/m)?.[1] ??
+    "unknown CPU";
+  const memGiB = Math.round(Deno.systemMemoryInfo().total / 2 ** 30);
+  return `${cpu.trim()}, ${navigator.hardwareConcurrency} cores, ${memGiB} GiB, ${Deno.build.os}`;
+}
+
+/** Run the benchmark of each mode in `options.modes`. */
+export async function runBench(options: BenchOptions): Promise<BenchReport> {
+  const results: BenchResult[] = [];
+  for (const mode of options.modes) {
+    options.log(`== ${mode} mode`);
+    results.push(mode === "file" ? await fileMode(options) : await kubernetesMode(options));
+  }
+  return {
+    date: new Date().toISOString(),
+    machine: machine(),
+    deno: Deno.version.deno,
+    results,
+  };
+}
+
+/** The report as a Markdown table, one column per mode. */
+export function benchTable(report: BenchReport): string {
+  const rows: Array<[keyof BenchResult, string]> = [
+    ["reaction_ms_p50", "desired change → GPU, p50 (ms)"],
+    ["reaction_ms_p99", "desired change → GPU, p99 (ms)"],
+    ["vmrss_mib_start", "VmRSS at start (MiB)"],
+    ["vmhwm_mib_sustained", "VmHWM after sustained load (MiB)"],
+    ["vmrss_mib_after_load", "VmRSS after the load stopped (MiB)"],
+    ["cpu_ms_per_change", "CPU per change (ms)"],
+    ["list_requests", "LIST requests"],
+    ["watch_requests", "WATCH requests"],
+    ["startup_ms", "start → every GPU capped (ms)"],
+    ["api_recovery_ms_p99", "API server back → first change, p99 (ms)"],
+  ];
+  const modes = report.results.map((r) => r.mode);
+  const lines = [
+    `| | ${modes.join(" | ")} |`,
+    `|---|${modes.map(() => "---").join("|")}|`,
+    ...rows.map(([key, label]) =>
+      `| ${label} | ${report.results.map((r) => r[key] ?? "–").join(" | ")} |`
+    ),
+  ];
+  return `${lines.join("\n")}\n\n${report.date}, Deno ${report.deno}, ${report.machine}`;
+}
+
+/**
+ * The other benchmarks: `deno bench` of tests/bench/ (steady reconcile pass) and the PodResources
+ * client's; their output goes to stdout, or to stderr with `--json`.
+ */
+async function otherBenches(toStderr: boolean): Promise<void> {
+  for (
+    const args of [
+      ["bench", "-A", `${REPO_ROOT}/tests/bench/`],
+      ["run", "-A", `${REPO_ROOT}/tests/bench/pod_resources_bench.ts`],
+      ["run", "-A", `${REPO_ROOT}/tests/bench/pod_resources_latency.ts`],
+    ]
+  ) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: REPO_ROOT,
+      stdout: toStderr ? "piped" : "inherit",
+      stderr: "inherit",
+    }).output();
+    if (toStderr) await Deno.stderr.write(out.stdout);
+    if (!out.success) throw new Error(`deno ${args.join(" ")} failed`);
+  }
+}
+
+function positive(value: string | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number ≥ 0`);
+  return n;
+}
+
+/** Parse the command line; exported for the smoke test. */
+export function benchOptions(args: readonly string[]): BenchOptions & {
+  json: boolean;
+  fromJson?: string;
+  reconcile: boolean;
+} {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      json: { type: "boolean", default: false },
+      quick: { type: "boolean", default: false },
+      "sustain-seconds": { type: "string" },
+      "after-seconds": { type: "string" },
+      changes: { type: "string" },
+      mode: { type: "string", multiple: true },
+      "agent-env": { type: "string", multiple: true },
+      "from-json": { type: "string" },
+      reconcile: { type: "boolean", default: true },
+    },
+    allowNegative: true,
+    strict: true,
+  });
+  const quick = values.quick;
+  const modes = (values.mode ?? ["file", "kubernetes"]).map((m) => {
+    if (m !== "file" && m !== "kubernetes") throw new Error(`--mode: file or kubernetes, not ${m}`);
+    return m as BenchResult["mode"];
+  });
+  const agentEnv: Record<string, string> = {};
+  for (const pair of values["agent-env"] ?? []) {
+    const eq = pair.indexOf("=");
+    if (eq < 1) throw new Error(`--agent-env NAME=VALUE, not ${pair}`);
+    agentEnv[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  const env = Deno.env.get("BENCH_SUSTAIN_SECONDS");
+  return {
+    json: values.json,
+    quick,
+    fromJson: values["from-json"],
+    reconcile: values.reconcile && !quick,
+    modes,
+    changes: positive(values.changes, quick ? 4 : 60, "changes"),
+    sustainSeconds: positive(values["sustain-seconds"] ?? env, quick ? 2 : 600, "sustain-seconds"),
+    afterSeconds: positive(values["after-seconds"], quick ? 1 : 60, "after-seconds"),
+    fileEditsPerSecond: 2,
+    // 20k pod events in 10 minutes.
+    podEventsPerSecond: 34,
+    agentEnv,
+    log: (line) => console.error(line),
+  };
+}
+
 if (import.meta.main) {
-  console.log(JSON.stringify([await fileModeBench(), await kubernetesModeBench()], null, 2));
+  const options = benchOptions(Deno.args);
+  let report: BenchReport;
+  if (options.fromJson) {
+    report = JSON.parse(await Deno.readTextFile(options.fromJson));
+  } else {
+    if (options.reconcile) await otherBenches(options.json);
+    report = await runBench(options);
+  }
+  console.log(options.json ? JSON.stringify(report) : benchTable(report));
 }

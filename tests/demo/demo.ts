@@ -3,13 +3,33 @@
  * Builds the fake library, writes a fake GPU state and a caps file in a temp dir, prints `status`,
  * runs the agent (permission-scoped, via `deno task agent run`), edits the caps file while it
  * runs, stops it with SIGTERM and prints `status` again: every GPU is back at its baseline.
+ * Headings are bold only on a terminal and without `NO_COLOR` (https://no-color.org).
+ *
+ * @module
  */
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
 import { REPO_ROOT, runAgent, spawnAgent, waitFor } from "../helpers/agent_process.ts";
 
+/** Whether to print ANSI styles: stdout is a terminal and `NO_COLOR` is unset or empty. */
+export function useColor(
+  options: { noColor?: string; isTerminal?: boolean } = {
+    noColor: Deno.env.get("NO_COLOR"),
+    isTerminal: Deno.stdout.isTerminal(),
+  },
+): boolean {
+  return options.isTerminal === true && (options.noColor ?? "") === "";
+}
+
+/** A demo heading, bold when `color`. */
+export function bannerText(text: string, color: boolean): string {
+  return color ? `\n\x1b[1m== ${text}\x1b[0m` : `\n== ${text}`;
+}
+
+const COLOR = useColor();
+
 function banner(text: string) {
-  console.log(`\n\x1b[1m== ${text}\x1b[0m`);
+  console.log(bannerText(text, COLOR));
 }
 
 async function main() {

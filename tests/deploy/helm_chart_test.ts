@@ -9,6 +9,7 @@ import { deepStrictEqual, equal, match, notEqual, ok } from "node:assert/strict"
 import { parse, parseAllDocuments } from "yaml";
 import { FLAGS } from "../../src/cli/flags.ts";
 import { CONTAINER_LAYOUT } from "../../src/permissions/layouts.ts";
+import { AGENT_MALLOC_ENV } from "../../src/permissions/runtime.ts";
 import {
   CHART_DIR,
   containerCommand,
@@ -145,6 +146,9 @@ function checkDaemonSet(objects: Obj[], shape: string): void {
   equal(env.NVIDIA_DRIVER_CAPABILITIES, "utility");
   equal(env.NODE_NAME, "spec.nodeName");
   equal(env.POD_NAMESPACE, "metadata.namespace");
+  for (const [variable, value] of Object.entries(AGENT_MALLOC_ENV)) {
+    equal(env[variable], value, `${shape}: ${variable} of src/permissions/runtime.ts`);
+  }
   equal(args[0], "run");
   equal(argValue(args, "--source"), "kubernetes");
   equal(Number(argValue(args, "--safe-default-watts")), 500, "--safe-default-watts is passed");

@@ -7,7 +7,9 @@
  *   deno run -A tests/deploy/measure_jitless.ts [--gpus 8] [--seconds 20] [--interval 0.1]
  *
  * It runs the agent in file mode under the baked (compile) permission set, against the fake
- * NVML, once with and once without `--jitless`, and prints one JSON line per variant.
+ * NVML, once as baked (jitless: `--jitless`, and `--lite-mode` of src/permissions/runtime.ts
+ * implies it) and once with V8's JIT (without those V8 flags), and prints one JSON line per
+ * variant.
  *
  * @module
  */
@@ -17,6 +19,7 @@ import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeGpu, writeFakeState } from "../helpers/fake_state.ts";
 import { bakedFlags, JITLESS_V8_FLAG } from "../../src/permissions/compile.ts";
 import { MAIN_MODULE } from "../../src/permissions/launch.ts";
+import { AGENT_RUNTIME_FLAGS } from "../../src/permissions/runtime.ts";
 
 const TICKS_PER_SECOND = 100; // sysconf(_SC_CLK_TCK) on Linux
 
@@ -69,7 +72,7 @@ async function measure(
     metricsAddress: `127.0.0.1:${port}`,
     nvmlLibraryPath: options.lib,
     jitless,
-  });
+  }).filter((flag) => jitless || !AGENT_RUNTIME_FLAGS.includes(flag)); // --lite-mode is jitless
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { SYSTEMD_LAYOUT } from "../../src/permissions/layouts.ts";
 import { bakedFlags, bakedPermissionSet, JITLESS_V8_FLAG } from "../../src/permissions/compile.ts";
 import { listenPermission } from "../../src/permissions/permission_set.ts";
+import { AGENT_MALLOC_ENV } from "../../src/permissions/runtime.ts";
 
 const SYSTEMD_DIR = fileURLToPath(new URL("../../systemd/", import.meta.url));
 const UNIT = `${SYSTEMD_DIR}gpu-power-agent.service`;
@@ -142,6 +143,10 @@ Deno.test("the unit runs the binary with the paths baked into it", async () => {
   // MemoryDenyWriteExecute=yes only works because the binary runs V8 without its JIT.
   deepStrictEqual(unit.get("MemoryDenyWriteExecute"), ["yes"]);
   ok(bakedFlags().includes(JITLESS_V8_FLAG));
+  // The malloc settings cannot be baked into the binary: the unit sets them.
+  deepStrictEqual(unit.get("Environment"), [
+    Object.entries(AGENT_MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(" "),
+  ]);
 });
 
 Deno.test("install.sh: DESTDIR install, never overwrites a caps file, uninstall keeps config", async () => {

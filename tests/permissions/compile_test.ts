@@ -11,6 +11,7 @@ import {
   denortFor,
   JITLESS_V8_FLAG,
 } from "../../src/permissions/compile.ts";
+import { AGENT_RUNTIME_FLAGS } from "../../src/permissions/runtime.ts";
 import { nvmlCandidatePaths } from "../../src/permissions/permission_set.ts";
 import { SYSTEMD_LAYOUT } from "../../src/permissions/layouts.ts";
 
@@ -43,6 +44,7 @@ Deno.test("deno compile gets exactly the baked flags, per target, into dist/", (
     match(binaryPath(target), new RegExp(`/dist/gpu-power-agent-${target}$`));
   }
   ok(bakedFlags().includes(JITLESS_V8_FLAG));
+  ok(AGENT_RUNTIME_FLAGS.every((flag) => bakedFlags().includes(flag)));
   ok(bakedFlags().includes("--no-prompt"));
   ok(bakedFlags().includes("--quiet"));
   ok(!bakedFlags({ jitless: false }).includes(JITLESS_V8_FLAG));

@@ -7,6 +7,7 @@ import {
   planLaunch,
   type PlanLaunchOptions,
 } from "../../src/permissions/launch.ts";
+import { AGENT_MALLOC_ENV, AGENT_RUNTIME_FLAGS } from "../../src/permissions/runtime.ts";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
 
@@ -79,7 +80,13 @@ Deno.test("run: relative paths become absolute in the flags and the arguments", 
   deepStrictEqual(p.permissions.write, ["/home/op/state"]);
   deepStrictEqual(p.permissions.ffi, ["/home/lib/libnvidia-ml.so.1"]);
   deepStrictEqual(p.permissions.net, ["127.0.0.1:9500"]);
-  deepStrictEqual(p.args.slice(0, 4), ["run", "--no-prompt", "--config", DENO_CONFIG]);
+  deepStrictEqual(p.args.slice(0, 4 + AGENT_RUNTIME_FLAGS.length), [
+    "run",
+    "--no-prompt",
+    ...AGENT_RUNTIME_FLAGS,
+    "--config",
+    DENO_CONFIG,
+  ]);
   const main = p.args.indexOf(MAIN_MODULE);
   deepStrictEqual(p.args.slice(main + 1), [
     "run",
@@ -91,7 +98,7 @@ Deno.test("run: relative paths become absolute in the flags and the arguments", 
     "--metrics-address",
     "127.0.0.1:9500",
   ]);
-  deepStrictEqual(p.env, {}); // the library was given: nothing to pass
+  deepStrictEqual(p.env, AGENT_MALLOC_ENV); // the library was given: nothing else to pass
   ok(!p.args.some((a) => a === "-A" || a.startsWith("--allow-run") || a === "--allow-all"));
 });
 
@@ -108,9 +115,18 @@ Deno.test("paths from the environment and INIT_CWD (deno task) are honoured", as
   deepStrictEqual(p.permissions.read, ["/var/lib/gpu-power-agent", "/srv/site"]);
   deepStrictEqual(p.permissions.net, []); // check does not listen
   deepStrictEqual(p.env, {
+    ...AGENT_MALLOC_ENV,
     GPU_POWER_AGENT_CAPS_FILE: "/srv/site/caps.json",
     NVML_LIBRARY_PATH: LIB,
   });
+});
+
+Deno.test("the agent gets the runtime settings; an operator's own malloc variable wins", async () => {
+  const p = await plan(["status", "--nvml-library", LIB], { vars: { MALLOC_ARENA_MAX: "8" } });
+  const { MALLOC_ARENA_MAX: _, ...rest } = AGENT_MALLOC_ENV;
+  deepStrictEqual(p.env, rest);
+  ok(AGENT_RUNTIME_FLAGS.every((flag) => p.args.includes(flag)));
+  ok(p.args.indexOf(AGENT_RUNTIME_FLAGS[0]) < p.args.indexOf(MAIN_MODULE));
 });
 
 Deno.test("a searched NVML library is handed to the agent, so FFI and load agree", async () => {
@@ -119,7 +135,10 @@ Deno.test("a searched NVML library is handed to the agent, so FFI and load agree
     await Deno.writeFile(`${dir}/libnvidia-ml.so.1`, new Uint8Array());
     const p = await plan(["status"], { nvmlSearch: { searchDirs: [dir], ldCachePath: null } });
     deepStrictEqual(p.permissions.ffi, [`${dir}/libnvidia-ml.so.1`]);
-    deepStrictEqual(p.env, { GPU_POWER_AGENT_NVML_LIBRARY: `${dir}/libnvidia-ml.so.1` });
+    deepStrictEqual(p.env, {
+      ...AGENT_MALLOC_ENV,
+      GPU_POWER_AGENT_NVML_LIBRARY: `${dir}/libnvidia-ml.so.1`,
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

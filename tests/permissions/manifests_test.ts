@@ -11,6 +11,7 @@ import {
 } from "../../src/permissions/manifests.ts";
 import { CONTAINER_LAYOUT } from "../../src/permissions/layouts.ts";
 import { nvmlCandidatePaths } from "../../src/permissions/permission_set.ts";
+import { AGENT_MALLOC_ENV, AGENT_RUNTIME_FLAGS } from "../../src/permissions/runtime.ts";
 
 const DOCKERFILE = fileURLToPath(new URL("../../deploy/Dockerfile", import.meta.url));
 
@@ -70,12 +71,13 @@ Deno.test("a hand edit inside a generated block is detected", () => {
 
 Deno.test("container command: deno run, cached and frozen, kubernetes set, /app/main.ts", () => {
   const command = containerCommand({ apiServer: KUBELET_API_SERVER });
-  deepStrictEqual(command.slice(0, 7), [
+  deepStrictEqual(command.slice(0, 7 + AGENT_RUNTIME_FLAGS.length), [
     "deno",
     "run",
     "--no-prompt",
     "--cached-only",
     "--frozen",
+    ...AGENT_RUNTIME_FLAGS,
     "--config",
     "/app/deno.json",
   ]);
@@ -96,4 +98,12 @@ Deno.test("the Dockerfile pins the official image to the Deno version under test
   match(text, /RUN deno install --frozen --entrypoint main\.ts/);
   match(text, /ENTRYPOINT \["\/bin\/sh", "-c", "exec deno run --no-prompt --cached-only/);
   match(text, /\$\{KUBERNETES_SERVICE_HOST\}:\$\{KUBERNETES_SERVICE_PORT\}/);
+});
+
+Deno.test("the image sets the malloc variables of runtime.ts", async () => {
+  const text = await Deno.readTextFile(DOCKERFILE);
+  const env = text.split("\n").filter((l) => l.startsWith("ENV MALLOC_"));
+  deepStrictEqual(env, [
+    `ENV ${Object.entries(AGENT_MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(" ")}`,
+  ]);
 });
