@@ -27,6 +27,11 @@ import { makeFakeState, writeFakeState } from "../helpers/fake_state.ts";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
 const DRIVER = `${REPO}/tests/deploy/systemd_nspawn_driver.sh`;
+/**
+ * Where the checkout appears in the container. Not its host path: the container's systemd mounts
+ * a tmpfs on /tmp (and /var/tmp), which would hide a checkout that lives there (a CI clone).
+ */
+const REPO_IN_CONTAINER = "/opt/gpu-power-agent";
 /** Where the agent finds the fake library: one of the driver directories the binary searches. */
 const NVML_IN_CONTAINER = "/run/nvidia/driver/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1";
 const BOOT_TIMEOUT_MS = 150_000;
@@ -86,8 +91,10 @@ async function bootAndDrive(): Promise<Booted> {
   await Deno.writeTextFile(
     wrapper,
     `#!/bin/sh\nexec /opt/deno/${denoBin.split("/").pop()} run --cached-only --config ${
-      shellQuote(`${REPO}/deno.json`)
-    } ${bakedFlags().map(shellQuote).join(" ")} ${shellQuote(`${REPO}/main.ts`)} "$@"\n`,
+      shellQuote(`${REPO_IN_CONTAINER}/deno.json`)
+    } ${bakedFlags().map(shellQuote).join(" ")} ${
+      shellQuote(`${REPO_IN_CONTAINER}/main.ts`)
+    } "$@"\n`,
   );
   await Deno.chmod(wrapper, 0o755);
   const install = await new Deno.Command("sh", {
@@ -137,7 +144,7 @@ async function bootAndDrive(): Promise<Booted> {
     `--bind-ro=${driverDir}:/opt/driver`,
     `--bind=${out}:/out`,
     `--bind=${fake}:/var/lib/fake-nvml`,
-    `--bind-ro=${REPO}`,
+    `--bind-ro=${REPO}:${REPO_IN_CONTAINER}`,
     `--bind-ro=${denoBin.slice(0, denoBin.lastIndexOf("/"))}:/opt/deno`,
     `--bind-ro=${denoDirPath}:/opt/deno-dir`,
     `--bind-ro=${lib}:${NVML_IN_CONTAINER}`,
