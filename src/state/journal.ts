@@ -6,10 +6,22 @@
  * File `<stateDir>/journal.json`:
  * `{"version":1,"gpus":{"GPU-…":{"baselineMw":700000,"appliedMw":250000,"name":"…","updatedAt":"ISO"}}}`
  *
- * Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory) and
- * happen only when something changed. A corrupt file is moved aside with a warning; the agent
- * never crashes on it. All file-system calls are synchronous: the journal is tiny and must be
- * durable before a GPU is touched.
+ * Writes are atomic (temp file in the same directory, fsync, rename) and happen only when something
+ * changed. A corrupt file is moved aside with a warning; the agent never crashes on it. All
+ * file-system calls are synchronous: the journal is tiny and must be durable before a GPU is
+ * touched.
+ *
+ * Durability. The directory is fsynced after the rename (making the new name durable) whenever
+ * the save adds or removes an entry, rewrites a file that changed behind the agent's back, or
+ * writes the first file this instance knows of. A save that only changes `appliedMw`/`updatedAt`
+ * of existing entries — every verified change of an already managed GPU — skips the directory
+ * fsync: the new file is still complete on disk before the rename (its own fsync), so after a
+ * power failure the directory names either the new file or the previous one, and the previous one
+ * was made durable with every entry the new one has (same UUIDs, same baselines; only
+ * `appliedMw`/`updatedAt` are older). A baseline is therefore durable before the first write to
+ * its GPU, and a removal is durable before the save returns, as before; what may be lost is
+ * the last `appliedMw`, which only labels a correction as drift vs apply and is rewritten by the
+ * next verified change. (At worst a `journal.json.tmp-<pid>` file is left behind, never read.)
  */
 import { getLogger } from "@logtape/logtape";
 import { BoundedReadError, READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
@@ -42,6 +54,11 @@ export interface LoadJournalOptions {
    * read-only).
    */
   strict?: boolean;
+  /**
+   * fsync of the state directory after a rename (default: open it read-only and fsync,
+   * best-effort); a seam for tests that count directory syncs.
+   */
+  syncDir?: (dir: string) => void;
 }
 
 /**
@@ -74,7 +91,14 @@ export class Journal {
   #entries: Map<string, JournalEntry>;
   #dirty = false;
   #saveCount = 0;
+  /**
+   * The next save must fsync the directory: an entry was added or removed, the file changed
+   * behind our back, or this instance has not saved yet.
+   */
+  #needsDirSync = true;
+  #dirReady = false;
   #now: () => number;
+  #syncDir: (dir: string) => void;
   /** Identity of the file as this instance last wrote or read it; null: no file known. */
   #fileStamp: string | null = null;
 
@@ -88,6 +112,7 @@ export class Journal {
     this.readOnly = options.readOnly ?? false;
     this.#entries = new Map([...entries].map(([uuid, e]) => [uuid, { ...e }]));
     this.#now = options.now ?? Date.now;
+    this.#syncDir = options.syncDir ?? syncDirBestEffort;
     this.#fileStamp = this.#stamp();
   }
 
@@ -141,6 +166,7 @@ export class Journal {
       updatedAt: this.#isoNow(),
     });
     this.#dirty = true;
+    this.#needsDirSync = true;
     return true;
   }
 
@@ -162,13 +188,18 @@ export class Journal {
   /** Forget a GPU (after it was restored). Returns true when an entry was removed. */
   remove(uuid: string): boolean {
     const removed = this.#entries.delete(uuid);
-    if (removed) this.#dirty = true;
+    if (removed) {
+      this.#dirty = true;
+      this.#needsDirSync = true;
+    }
     return removed;
   }
 
   /**
    * Write the file atomically if anything changed. Returns true when the file was written.
    * Throws an Error naming the file when it cannot be written. A read-only journal never writes.
+   * The directory is fsynced too unless only `appliedMw`/`updatedAt` changed (see the module
+   * doc).
    */
   save(): boolean {
     if (!this.#dirty || this.readOnly) return false;
@@ -184,8 +215,17 @@ export class Journal {
     const text = JSON.stringify({ version: JOURNAL_VERSION, gpus }, null, 2) + "\n";
     const tmp = `${this.path}.tmp-${Deno.pid}`;
     try {
-      ensureDir(this.stateDir);
-      const file = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+      // mkdir once per instance (and again if the directory vanished), not on every save.
+      if (!this.#dirReady) ensureDir(this.stateDir);
+      let file: Deno.FsFile;
+      try {
+        file = openTemp(tmp);
+      } catch (err) {
+        if (!this.#dirReady || !(err instanceof Deno.errors.NotFound)) throw err;
+        ensureDir(this.stateDir);
+        file = openTemp(tmp);
+      }
+      this.#dirReady = true;
       try {
         writeAll(file, new TextEncoder().encode(text));
         file.syncSync();
@@ -205,7 +245,10 @@ export class Journal {
         { cause: err },
       );
     }
-    syncDirBestEffort(this.stateDir);
+    if (this.#needsDirSync) {
+      this.#syncDir(this.stateDir);
+      this.#needsDirSync = false;
+    }
     this.#dirty = false;
     this.#saveCount++;
     this.#fileStamp = this.#stamp();
@@ -219,13 +262,16 @@ export class Journal {
    */
   ensureOnDisk(): boolean {
     if (this.readOnly) return false;
-    if (!this.#dirty && this.#stamp() === this.#fileStamp) return false;
+    const changedBehind = this.#stamp() !== this.#fileStamp;
+    if (!this.#dirty && !changedBehind) return false;
     if (!this.#dirty) {
       getLogger(["gpu-power-agent", "journal"]).warn(
         "Journal {path} changed behind the agent's back; writing it again from memory",
         { path: this.path },
       );
     }
+    // The file on disk may lack baselines: the rewrite's new name must be durable too.
+    if (changedBehind) this.#needsDirSync = true;
     this.#dirty = true;
     return this.save();
   }
@@ -387,6 +433,10 @@ function ensureDir(dir: string): void {
   } catch (err) {
     if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
   }
+}
+
+function openTemp(path: string): Deno.FsFile {
+  return Deno.openSync(path, { write: true, create: true, truncate: true, mode: 0o600 });
 }
 
 function writeAll(file: Deno.FsFile, data: Uint8Array): void {

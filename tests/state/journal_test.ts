@@ -48,6 +48,54 @@ Deno.test("save writes only when something changed", () => {
   assert.deepEqual(Deno.statSync(journal.path).mtime, mtime);
 });
 
+Deno.test("a save that adds or removes an entry fsyncs the directory; one changing only appliedMw does not", () => {
+  using tmp = tempStateDir();
+  const dirSyncs: string[] = [];
+  const journal = loadJournal(tmp.dir, { now, syncDir: (dir) => dirSyncs.push(dir) });
+  journal.recordBaseline(UUID, 700_000, { name: "a" });
+  assert.equal(journal.save(), true);
+  assert.deepEqual(dirSyncs, [tmp.dir], "a new baseline: the file's new name is durable");
+  journal.setApplied(UUID, 300_000);
+  assert.equal(journal.save(), true);
+  journal.setApplied(UUID, 325_000);
+  assert.equal(journal.ensureOnDisk(), true);
+  assert.equal(dirSyncs.length, 1, "appliedMw only: file fsync + rename, no directory fsync");
+  assert.equal(loadJournal(tmp.dir).get(UUID)?.appliedMw, 325_000);
+  journal.recordBaseline(UUID2, 650_000, { name: "b" });
+  journal.setApplied(UUID, 350_000);
+  assert.equal(journal.ensureOnDisk(), true);
+  assert.equal(
+    dirSyncs.length,
+    2,
+    "a baseline added (with an appliedMw change) syncs the directory",
+  );
+  assert.equal(journal.remove(UUID2), true);
+  assert.equal(journal.save(), true);
+  assert.equal(dirSyncs.length, 3, "a removal syncs the directory");
+  // A file replaced behind the agent's back is rewritten from memory with a directory fsync.
+  Deno.writeTextFileSync(journal.path, '{"version":1,"gpus":{}}\n');
+  assert.equal(journal.ensureOnDisk(), true);
+  assert.equal(dirSyncs.length, 4);
+  assert.equal(loadJournal(tmp.dir).get(UUID)?.baselineMw, 700_000);
+  // A new instance (a restarted agent) syncs the directory on its first save.
+  const reopened = loadJournal(tmp.dir, { now, syncDir: (dir) => dirSyncs.push(dir) });
+  reopened.setApplied(UUID, 375_000);
+  assert.equal(reopened.save(), true);
+  assert.equal(dirSyncs.length, 5);
+});
+
+Deno.test("save recreates a state directory removed behind the agent's back", () => {
+  using tmp = tempStateDir();
+  const dir = `${tmp.dir}/state`;
+  const journal = loadJournal(dir, { now });
+  journal.recordBaseline(UUID, 700_000, { name: "a" });
+  assert.equal(journal.save(), true);
+  Deno.removeSync(dir, { recursive: true });
+  journal.setApplied(UUID, 300_000);
+  assert.equal(journal.save(), true);
+  assert.equal(loadJournal(dir).get(UUID)?.appliedMw, 300_000);
+});
+
 Deno.test("baseline is recorded once and survives reload", () => {
   using tmp = tempStateDir();
   const first = loadJournal(tmp.dir, { now });
