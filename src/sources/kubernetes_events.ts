@@ -31,8 +31,8 @@ function eventKey(e: OutcomeEvent): string {
 export class KubeEventRecorder {
   #client: KubeClient;
   #o: Required<KubeEventRecorderOptions>;
-  /** `${uid}\0${gpuUuid}` → keys of the events last emitted for that pair. */
-  #last = new Map<string, Set<string>>();
+  /** GPU UUID → pod uid → keys of the events last emitted for that pair. */
+  #last = new Map<string, Map<string, Set<string>>>();
   #queue: Promise<void> = Promise.resolve();
   #pending = 0;
   #seq = 0;
@@ -62,28 +62,32 @@ export class KubeEventRecorder {
       list.push(e);
       byPod.set(e.pod.uid, list);
     }
-    const suffix = `\u0000${gpuUuid}`;
-    for (const key of [...this.#last.keys()]) {
-      if (key.endsWith(suffix) && !byPod.has(key.slice(0, -suffix.length))) {
-        this.#last.delete(key);
-      }
+    let last = this.#last.get(gpuUuid);
+    if (last === undefined) {
+      if (byPod.size === 0) return;
+      last = new Map();
+      this.#last.set(gpuUuid, last);
+    }
+    for (const uid of last.keys()) {
+      if (!byPod.has(uid)) last.delete(uid);
     }
     for (const [uid, list] of byPod) {
-      const key = `${uid}${suffix}`;
-      const before = this.#last.get(key);
-      const now = new Set(list.map(eventKey));
+      const before = last.get(uid);
+      const now = new Set<string>();
       for (const e of list) {
-        if (!before?.has(eventKey(e))) this.#enqueue(e);
+        const key = eventKey(e);
+        now.add(key);
+        if (!before?.has(key)) this.#enqueue(e);
       }
-      this.#last.set(key, now);
+      last.set(uid, now);
     }
+    if (last.size === 0) this.#last.delete(gpuUuid);
   }
 
   /** Forget a deleted pod. */
   forgetPod(uid: string): void {
-    const prefix = `${uid}\u0000`;
-    for (const key of [...this.#last.keys()]) {
-      if (key.startsWith(prefix)) this.#last.delete(key);
+    for (const [gpuUuid, last] of this.#last) {
+      if (last.delete(uid) && last.size === 0) this.#last.delete(gpuUuid);
     }
   }
 
