@@ -158,13 +158,15 @@ export class KubeClient {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
     const what = `${method} ${url.pathname}`;
-    const headers = new Headers({
-      "Accept": "application/json",
-      "User-Agent": "gpu-power-agent",
-    });
+    // Name/value pairs, not a Headers object: fetch copies its init into a new Headers either way
+    // (building one here and iterating it again cost as much as the rest of a POST's set-up).
+    const headers: [string, string][] = [
+      ["Accept", "application/json"],
+      ["User-Agent", "gpu-power-agent"],
+    ];
     try {
       const token = await this.#tokens.get();
-      if (token !== undefined) headers.set("Authorization", `Bearer ${token}`);
+      if (token !== undefined) headers.push(["Authorization", `Bearer ${token}`]);
     } catch (error) {
       // A token file being rotated or briefly missing: retried like a failed request.
       throw new KubeApiError(
@@ -172,7 +174,7 @@ export class KubeClient {
         { status: 0, cause: error },
       );
     }
-    if (options.body !== undefined) headers.set("Content-Type", "application/json");
+    if (options.body !== undefined) headers.push(["Content-Type", "application/json"]);
     // One controller for both the caller's signal and the timeout (AbortSignal.any() only
     // holds its result weakly: once fetch has answered, aborting could be lost to GC).
     const controller = new AbortController();
