@@ -29,6 +29,7 @@
  *   `line:column` (YAML and JSON alike).
  */
 import * as z from "zod/mini";
+import { loadYaml } from "./load_yaml.ts";
 import { dirname, resolve } from "node:path";
 import {
   BoundedReadError,
@@ -311,11 +312,7 @@ function parseJson(text: string, path: string): Parsed {
 }
 
 async function parseYaml(text: string, path: string): Promise<Parsed> {
-  // Loaded only for YAML content (memory). `default` covers CommonJS interop in bundles.
-  const mod = await import("yaml");
-  const yaml = typeof (mod as { parseDocument?: unknown }).parseDocument === "function"
-    ? mod
-    : (mod as unknown as { default: typeof mod }).default;
+  const yaml = await loadYaml();
   const doc = yaml.parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new CapsFileError(

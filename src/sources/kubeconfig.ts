@@ -22,6 +22,7 @@
  */
 
 import { posix } from "node:path";
+import { loadYaml } from "./load_yaml.ts";
 
 /** In-cluster service account files (as mounted by the kubelet). */
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -167,7 +168,7 @@ export function inClusterServer(host: string, port: string): string {
  * current context, and every refused feature.
  */
 export async function resolveKubeconfig(paths: readonly string[]): Promise<ResolvedKubeconfig> {
-  const { parse } = await import("yaml");
+  const { parse } = await loadYaml();
   const clusters = new Map<string, Located>();
   const users = new Map<string, Located>();
   const contexts = new Map<string, Entry>();
