@@ -1,13 +1,17 @@
 /**
  * `deno task compile`: builds `dist/gpu-power-agent-<target>` for x86_64 and aarch64 Linux with
- * the file-mode permission set of the systemd layout baked in (see {@linkcode bakedFlags}).
+ * the file-mode permission set of the systemd layout baked in (see {@linkcode bakedFlags}). It
+ * compiles the agent's bundle (`bundle.ts`, built first into `<output-dir>/agent`), as the
+ * container image runs it.
  *
  * `deno compile` builds on `denort` (Deno's runtime binary), which it downloads. Offline, point
  * `DENORT_BIN` at an unpacked denort (its architecture selects the target it is used for) or
  * `DENORT_BIN_<TARGET>` (e.g. `DENORT_BIN_AARCH64_UNKNOWN_LINUX_GNU`) at one per target.
  *
  * Usage: `deno task compile [--target T]... [--output-dir DIR] [--nvml-library PATH]
- * [--metrics-address HOST:PORT|off] [--no-jitless] [--no-check]`
+ * [--metrics-address HOST:PORT|off] [--no-jitless] [--no-check] [--bundle-dir DIR]`
+ * (`--bundle-dir`: compile a bundle `deno task bundle` already built there instead of building
+ * one).
  *
  * @module
  */
@@ -22,6 +26,7 @@ import {
   toDenoFlags,
 } from "./permission_set.ts";
 import { AGENT_RUNTIME_FLAGS } from "./runtime.ts";
+import { buildBundle, BUNDLE_ENTRY_FILE } from "./bundle.ts";
 
 /** Targets `deno task compile` builds by default. */
 export const COMPILE_TARGETS = [
@@ -40,8 +45,10 @@ export type CompileTarget = typeof COMPILE_TARGETS[number];
 export const JITLESS_V8_FLAG = "--v8-flags=--jitless";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
-/** Entry point compiled into the binary. */
-export const COMPILE_ENTRY = `${REPO}/main.ts`;
+/** Directory of the bundle compiled into the binaries of `outputDir` (unless given). */
+export function compileBundleDir(outputDir = `${REPO}/dist`): string {
+  return `${outputDir}/agent`;
+}
 
 /**
  * What is baked into the binary. Defaults are the systemd layout; tests override the paths only
@@ -102,24 +109,26 @@ export interface CompileArgvOptions {
   outputDir?: string;
   /** What to bake in (default: systemd layout). */
   baked?: BakedOptions;
-  /** Type-check while compiling (default true; `deno task check` also does it). */
+  /** Type-check the sources while bundling (default true; `deno task check` also does it). */
   check?: boolean;
+  /** A bundle already built (default: build one in {@linkcode compileBundleDir}). */
+  bundleDir?: string;
 }
 
-/** The full `deno compile` argument list for one target. */
+/**
+ * The full `deno compile` argument list for one target: the bundle's entry point (in
+ * {@linkcode compileBundleDir}), no config (the bundle imports only `node:` built-ins).
+ */
 export function compileArgv(target: string, options: CompileArgvOptions = {}): string[] {
   return [
     "compile",
-    "--config",
-    `${REPO}/deno.json`,
-    "--frozen",
-    ...(options.check === false ? ["--no-check"] : []),
+    "--no-config",
     "--target",
     target,
     "--output",
     binaryPath(target, options.outputDir),
     ...bakedFlags(options.baked),
-    COMPILE_ENTRY,
+    `${options.bundleDir ?? compileBundleDir(options.outputDir)}/${BUNDLE_ENTRY_FILE}`,
   ];
 }
 
@@ -226,10 +235,16 @@ export async function compileAll(options: CompileAllOptions = {}): Promise<numbe
   const log = options.log ?? ((line: string) => console.log(line));
   const error = options.error ?? ((line: string) => console.error(line));
   let failed = 0;
+  let bundled: Promise<string> | undefined;
   for (const target of options.targets ?? COMPILE_TARGETS) {
     let denort: string | undefined;
     try {
       denort = denortFor(target, env);
+      // Once, after the first usable denort: a wrong DENORT_BIN fails before any build.
+      bundled ??= options.bundleDir === undefined
+        ? buildBundle({ outDir: compileBundleDir(options.outputDir), check: options.check ?? true })
+        : existingBundle(options.bundleDir);
+      log(`Bundle ${await bundled}`);
     } catch (e) {
       error(`gpu-power-agent compile: ${(e as Error).message}`);
       failed++;
@@ -265,6 +280,16 @@ export async function compileAll(options: CompileAllOptions = {}): Promise<numbe
   return failed === 0 ? 0 : 1;
 }
 
+async function existingBundle(dir: string): Promise<string> {
+  const entry = `${dir}/${BUNDLE_ENTRY_FILE}`;
+  try {
+    if ((await Deno.stat(entry)).isFile) return entry;
+  } catch {
+    // explained below
+  }
+  throw new Error(`--bundle-dir ${dir}: no ${entry} (build it with deno task bundle --out-dir)`);
+}
+
 function parseTargets(values: string[] | undefined): CompileTarget[] {
   if (!values || values.length === 0) return [...COMPILE_TARGETS];
   for (const value of values) {
@@ -287,6 +312,7 @@ if (import.meta.main) {
         "metrics-address": { type: "string" },
         jitless: { type: "boolean", default: true },
         check: { type: "boolean", default: true },
+        "bundle-dir": { type: "string" },
       },
       allowNegative: true,
       strict: true,
@@ -295,6 +321,7 @@ if (import.meta.main) {
       targets: parseTargets(values.target),
       outputDir: values["output-dir"],
       check: values.check,
+      bundleDir: values["bundle-dir"],
       baked: {
         nvmlLibraryPath: values["nvml-library"],
         metricsAddress: values["metrics-address"],

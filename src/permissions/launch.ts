@@ -3,6 +3,9 @@
  * exactly the permissions its flags and environment name (see `permission_set.ts`), forwards
  * SIGTERM/SIGINT/SIGHUP to it and exits with its exit code.
  *
+ * With `GPU_POWER_AGENT_BUNDLE=<dir>` it runs the bundle `deno task bundle` built there (what
+ * the image and the binary ship) under the same permissions, runtime flags and `--no-config`.
+ *
  * The launcher itself needs read (kubeconfig, NVML search), env and run (to start the child);
  * the agent never gets those wide grants. Relative paths are resolved against the directory
  * `deno task` was started from (`INIT_CWD`), which is also the child's working directory.
@@ -31,11 +34,18 @@ import { forwardSignals } from "./forward_signals.ts";
 import type { EarlySignals } from "../cli/early_signals.ts";
 import { inClusterHostPort, kubeconfigAccess, KubeconfigAccessError } from "./kubeconfig_access.ts";
 import { AGENT_RUNTIME_FLAGS, agentMallocEnv } from "./runtime.ts";
+import { BUNDLE_ENTRY_FILE } from "./bundle.ts";
 
 /** Absolute path of the agent entry point. */
 export const MAIN_MODULE = fileURLToPath(new URL("../../main.ts", import.meta.url));
 /** Absolute path of the project's deno.json (import map, lock file, node_modules). */
 export const DENO_CONFIG = fileURLToPath(new URL("../../deno.json", import.meta.url));
+
+/**
+ * The launcher's own variable: the directory of a bundle (`deno task bundle`) to run instead of
+ * the sources. Not passed on as a permission: the agent never reads it.
+ */
+export const BUNDLE_ENV = "GPU_POWER_AGENT_BUNDLE";
 
 /** Flags whose values are file-system paths (`arg` PATH or DIR in the flag table). */
 export const PATH_FLAGS: readonly FlagSpec[] = FLAGS.filter((f) =>
@@ -54,6 +64,11 @@ export interface PlanLaunchOptions {
   mainModule?: string;
   /** Config file (default {@linkcode DENO_CONFIG}). */
   config?: string;
+  /**
+   * Directory of a bundle built by `deno task bundle` (default: `GPU_POWER_AGENT_BUNDLE`): run
+   * its `main.js` with `--no-config` instead of `main.ts` with the config (see `bundle.ts`).
+   */
+  bundleDir?: string;
   /** Where to search for NVML when no path is given (default: driver dirs + linker cache). */
   nvmlSearch?: ResolveNvmlLibraryPathOptions;
 }
@@ -67,7 +82,7 @@ export interface LaunchPlan {
   deno: string;
   /**
    * Its arguments: `run --no-prompt <runtime flags> --config … <permission flags> <main.ts>
-   * <agent args>` (runtime flags: `runtime.ts`).
+   * <agent args>` (runtime flags: `runtime.ts`); for a bundle `--no-config` and its `main.js`.
    */
   args: string[];
   /** Working directory of the child. */
@@ -142,6 +157,25 @@ export async function planLaunch(
   if (parsed.help) return { kind: "exit", code: 0, stdout: helpText(parsed.command) };
   if (!parsed.command) return { kind: "exit", code: 2, stderr: helpText(null) };
   const cwd = options.cwd ?? launcherCwd(env);
+  const bundleDir = options.bundleDir ?? env(BUNDLE_ENV);
+  let entry = [
+    "--config",
+    options.config ?? DENO_CONFIG,
+  ];
+  let mainModule = options.mainModule ?? MAIN_MODULE;
+  if (bundleDir) {
+    mainModule = posix.resolve(cwd, bundleDir, BUNDLE_ENTRY_FILE);
+    if (!isFile(mainModule)) {
+      return {
+        kind: "exit",
+        code: 2,
+        stderr: `gpu-power-agent: ${BUNDLE_ENV}=${bundleDir}: no ${mainModule}. Build the ` +
+          `bundle with 'deno task bundle --out-dir ${bundleDir}', or unset ${BUNDLE_ENV} to ` +
+          "run from the sources",
+      };
+    }
+    entry = ["--no-config"];
+  }
   const opts: AgentOptions = { ...parsed.options };
   const childEnv: Record<string, string> = {};
   // Make every path absolute; a path that came from the environment is passed on absolute too.
@@ -186,10 +220,9 @@ export async function planLaunch(
           "run",
           "--no-prompt",
           ...AGENT_RUNTIME_FLAGS,
-          "--config",
-          options.config ?? DENO_CONFIG,
+          ...entry,
           ...toDenoFlags(permissions),
-          options.mainModule ?? MAIN_MODULE,
+          mainModule,
           ...absolutizeArgs(argv, cwd),
         ],
         cwd,

@@ -26,10 +26,10 @@ export const SYSTEMD_LAYOUT = Object.freeze({
 export const CONTAINER_LAYOUT = Object.freeze({
   /** Project files in the image. */
   appDir: "/app",
-  /** Entry point in the image. */
-  mainModule: "/app/main.ts",
-  /** deno.json in the image (import map, lock file). */
-  config: "/app/deno.json",
+  /** The bundle built in the image (`deno task bundle`, see `bundle.ts`). */
+  bundleDir: "/app/dist/agent",
+  /** Entry point in the image: the bundle's, run with `--no-config`. */
+  mainModule: "/app/dist/agent/main.js",
   /** Deno's cache in the image (filled at build time). */
   denoDir: "/deno-dir",
   /** hostPath volume with the journal. */

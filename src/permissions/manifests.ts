@@ -67,14 +67,16 @@ export function containerPermissionSet(options: ContainerOptions): PermissionSet
 }
 
 /**
- * Runtime flags of `deno run` in the image: never prompt, never fetch (everything was cached at
- * build time), never rewrite the lock file; the agent's V8 settings (`runtime.ts`).
+ * Runtime flags of `deno run` in the image: never prompt, never fetch; the agent's V8 settings
+ * (`runtime.ts`); no config: the image runs the bundle built at image build time
+ * (`bundle.ts`), which imports only `node:` built-ins (no import map, lock file or npm
+ * resolution at run time).
  */
 export const CONTAINER_RUNTIME_FLAGS: readonly string[] = Object.freeze([
   "--no-prompt",
   "--cached-only",
-  "--frozen",
   ...AGENT_RUNTIME_FLAGS,
+  "--no-config",
 ]);
 
 /** `deno run …` of the agent in the image, without the agent's own arguments. */
@@ -83,8 +85,6 @@ export function containerCommand(options: ContainerOptions): string[] {
     "deno",
     "run",
     ...CONTAINER_RUNTIME_FLAGS,
-    "--config",
-    CONTAINER_LAYOUT.config,
     ...toDenoFlags(containerPermissionSet(options)),
     CONTAINER_LAYOUT.mainModule,
   ];

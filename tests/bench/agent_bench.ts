@@ -14,12 +14,17 @@
  * First (unless `--quick` or `--no-reconcile`) `deno bench` of tests/bench/ (steady reconcile
  * pass), tests/bench/pod_resources_bench.ts and tests/bench/pod_resources_latency.ts.
  *
+ * The agent measured is what ships: the bundle (`deno task bundle`, built into a temporary
+ * directory and run through `GPU_POWER_AGENT_BUNDLE`, which every agent this process starts
+ * inherits); `--sources` measures `main.ts` from the sources instead.
+ *
  * Prints a Markdown table (stdout), or with `--json` ONE JSON object on stdout (everything else
  * on stderr). `--quick` is the smoke configuration CI runs (seconds; figures meaningless).
  * Asserts nothing about time.
  *
  *   deno task bench [--json] [--quick] [--sustain-seconds N] [--after-seconds N]
  *     [--mode file|kubernetes]... [--agent-env NAME=VALUE]... [--no-reconcile] [--from-json FILE]
+ *     [--sources]
  *
  * `--agent-env` sets a variable for the agent only (measuring levers, e.g.
  * `DENO_V8_FLAGS=--max-semi-space-size=1` or `MALLOC_ARENA_MAX=2`); `--from-json` prints the
@@ -44,6 +49,8 @@ import {
   waitFor,
 } from "../helpers/agent_process.ts";
 import { type FakeApiServer, startFakeApiServer } from "../helpers/k8s_api_server.ts";
+import { agentBundle } from "../helpers/agent_bundle.ts";
+import { BUNDLE_ENV } from "../../src/permissions/launch.ts";
 
 /** One mode's figures (null where a figure does not apply or was not measured). */
 export interface BenchResult {
@@ -65,6 +72,8 @@ export interface BenchReport {
   date: string;
   machine: string;
   deno: string;
+  /** What ran: the bundle (as shipped) or the sources (`--sources`). */
+  agent?: "bundle" | "sources";
   results: BenchResult[];
 }
 
@@ -100,6 +109,8 @@ export interface BenchOptions {
   agentEnv: Record<string, string>;
   /** Smoke configuration (passed on to the API-recovery measurement). */
   quick: boolean;
+  /** Run the agent from its sources instead of the bundle. */
+  sources?: boolean;
   /** Progress lines (stderr). */
   log: (line: string) => void;
 }
@@ -425,6 +436,12 @@ function machine(): string {
 
 /** Run the benchmark of each mode in `options.modes`. */
 export async function runBench(options: BenchOptions): Promise<BenchReport> {
+  if (!options.sources && !Deno.env.get(BUNDLE_ENV)) {
+    const { dir } = await agentBundle();
+    options.log(`agent: the bundle in ${dir}`);
+    // Inherited by every agent this process starts (the API-recovery and PodResources ones too).
+    Deno.env.set(BUNDLE_ENV, dir);
+  }
   const results: BenchResult[] = [];
   for (const mode of options.modes) {
     options.log(`== ${mode} mode`);
@@ -434,6 +451,7 @@ export async function runBench(options: BenchOptions): Promise<BenchReport> {
     date: new Date().toISOString(),
     machine: machine(),
     deno: Deno.version.deno,
+    agent: Deno.env.get(BUNDLE_ENV) ? "bundle" : "sources",
     results,
   };
 }
@@ -460,7 +478,8 @@ export function benchTable(report: BenchReport): string {
       `| ${label} | ${report.results.map((r) => r[key] ?? "–").join(" | ")} |`
     ),
   ];
-  return `${lines.join("\n")}\n\n${report.date}, Deno ${report.deno}, ${report.machine}`;
+  const agent = report.agent ? `, agent from the ${report.agent}` : "";
+  return `${lines.join("\n")}\n\n${report.date}, Deno ${report.deno}, ${report.machine}${agent}`;
 }
 
 /**
@@ -511,6 +530,7 @@ export function benchOptions(args: readonly string[]): BenchOptions & {
       "agent-env": { type: "string", multiple: true },
       "from-json": { type: "string" },
       reconcile: { type: "boolean", default: true },
+      sources: { type: "boolean", default: false },
     },
     allowNegative: true,
     strict: true,
@@ -530,6 +550,7 @@ export function benchOptions(args: readonly string[]): BenchOptions & {
   return {
     json: values.json,
     quick,
+    sources: values.sources,
     fromJson: values["from-json"],
     reconcile: values.reconcile && !quick,
     modes,

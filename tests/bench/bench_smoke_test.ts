@@ -10,7 +10,8 @@ import { REPO_ROOT } from "../helpers/agent_process.ts";
 import { benchOptions, type BenchReport, benchTable, RESULT_KEYS } from "./agent_bench.ts";
 
 function checkShape(report: BenchReport): void {
-  deepStrictEqual(Object.keys(report).sort(), ["date", "deno", "machine", "results"]);
+  deepStrictEqual(Object.keys(report).sort(), ["agent", "date", "deno", "machine", "results"]);
+  equal(report.agent, "bundle", "the bench measures the agent as it ships");
   ok(!Number.isNaN(Date.parse(report.date)), `date: ${report.date}`);
   equal(typeof report.machine, "string");
   equal(report.deno, Deno.version.deno);
@@ -52,6 +53,7 @@ Deno.test("deno task bench --quick --json: one JSON object of the documented sha
   const report = JSON.parse(lines[0]) as BenchReport;
   checkShape(report);
   ok(benchTable(report).includes("| desired change → GPU, p99 (ms) |"));
+  ok(benchTable(report).endsWith(", agent from the bundle"));
 });
 
 Deno.test("bench options: defaults are the documented sustained load, --quick is seconds", () => {
@@ -67,4 +69,6 @@ Deno.test("bench options: defaults are the documented sustained load, --quick is
   equal(quick.reconcile, false);
   deepStrictEqual(quick.agentEnv, { A: "b=c" });
   equal(benchOptions(["--sustain-seconds", "30"]).sustainSeconds, 30);
+  equal(full.sources, false, "the bundle by default");
+  equal(benchOptions(["--sources"]).sources, true);
 });

@@ -4,7 +4,6 @@
  * container's flags, against the fake NVML and, for kubernetes, the in-test API server.
  */
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
-import { MAIN_MODULE } from "../../src/permissions/launch.ts";
 import { makeGpu, readFakeState, writeFakeState } from "../helpers/fake_state.ts";
 import { startFakeApiServer } from "../helpers/k8s_api_server.ts";
 import { kubernetesRunArgs } from "../helpers/agent_process.ts";
@@ -32,7 +31,7 @@ Deno.test("file mode: status --json, run --once and restore under the baked perm
     const env = { FAKE_NVML_STATE: statePath };
     const common = ["--nvml-library", set.lib, "--state-dir", set.stateDir];
 
-    const status = await runDeno([...set.runArgs, MAIN_MODULE, "status", "--json", ...common], env);
+    const status = await runDeno([...set.runArgs, set.entry, "status", "--json", ...common], env);
     equal(status.code, 0, status.stderr);
     const report = JSON.parse(status.stdout);
     deepStrictEqual(report.gpus.map((g: { powerLimitWatts: number }) => g.powerLimitWatts), [
@@ -42,7 +41,7 @@ Deno.test("file mode: status --json, run --once and restore under the baked perm
 
     const once = await runDeno([
       ...set.runArgs,
-      MAIN_MODULE,
+      set.entry,
       "run",
       "--once",
       "--caps-file",
@@ -58,7 +57,7 @@ Deno.test("file mode: status --json, run --once and restore under the baked perm
     ]);
     ok(!/NotCapable|Requires .* access/.test(once.stdout + once.stderr), once.stderr);
 
-    const restore = await runDeno([...set.runArgs, MAIN_MODULE, "restore", ...common], env);
+    const restore = await runDeno([...set.runArgs, set.entry, "restore", ...common], env);
     equal(restore.code, 0, restore.stderr);
     deepStrictEqual((await readFakeState(statePath)).gpus.map((g) => g.limitMw), [
       700 * W,
@@ -98,7 +97,7 @@ Deno.test("kubernetes mode: a pod's cap is applied and restored under the contai
     child = new Deno.Command(Deno.execPath(), {
       args: [
         ...set.runArgs,
-        MAIN_MODULE,
+        set.entry,
         ...kubernetesRunArgs({
           kubeconfig: kubeconfig,
           nodeName: "node-a",

@@ -4,9 +4,9 @@ import {
   bakedFlags,
   bakedPermissionSet,
   binaryPath,
-  COMPILE_ENTRY,
   COMPILE_TARGETS,
   compileArgv,
+  compileBundleDir,
   denortEnvName,
   denortFor,
   JITLESS_V8_FLAG,
@@ -14,6 +14,8 @@ import {
 import { AGENT_RUNTIME_FLAGS } from "../../src/permissions/runtime.ts";
 import { nvmlCandidatePaths } from "../../src/permissions/permission_set.ts";
 import { SYSTEMD_LAYOUT } from "../../src/permissions/layouts.ts";
+
+import { agentBundle } from "../helpers/agent_bundle.ts";
 
 const COMPILE_SCRIPT = fileURLToPath(new URL("../../src/permissions/compile.ts", import.meta.url));
 
@@ -31,13 +33,15 @@ Deno.test("the baked set is file mode for the systemd layout", () => {
   ok(!set.env.includes("KUBERNETES_SERVICE_HOST"));
 });
 
-Deno.test("deno compile gets exactly the baked flags, per target, into dist/", () => {
+Deno.test("deno compile gets exactly the baked flags and the bundle, per target, into dist/", () => {
   deepStrictEqual([...COMPILE_TARGETS], ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]);
   for (const target of COMPILE_TARGETS) {
     const argv = compileArgv(target);
     const flags = bakedFlags();
     equal(argv[0], "compile");
-    equal(argv.at(-1), COMPILE_ENTRY);
+    equal(argv.at(-1), `${compileBundleDir()}/main.js`);
+    match(compileBundleDir(), /\/dist\/agent$/);
+    ok(argv.includes("--no-config"));
     deepStrictEqual(argv.slice(-1 - flags.length, -1), flags);
     equal(argv[argv.indexOf("--target") + 1], target);
     equal(argv[argv.indexOf("--output") + 1], binaryPath(target));
@@ -117,8 +121,17 @@ Deno.test("deno task compile: denort that cannot be downloaded is explained", as
   try {
     // No denort cached (fresh DENO_DIR) and every download goes to a closed loopback port: the
     // same failure as an offline CI machine, without any traffic leaving the host.
+    // The bundle is built beforehand: deno bundle too would have to download (esbuild).
+    const bundle = await agentBundle();
     const result = await compileScript(
-      ["--target", "aarch64-unknown-linux-gnu", "--output-dir", `${dir}/dist`, "--no-check"],
+      [
+        "--target",
+        "aarch64-unknown-linux-gnu",
+        "--output-dir",
+        `${dir}/dist`,
+        "--bundle-dir",
+        bundle.dir,
+      ],
       {
         DENO_DIR: `${dir}/deno-dir`,
         HTTPS_PROXY: "http://127.0.0.1:9",

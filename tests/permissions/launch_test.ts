@@ -1,6 +1,7 @@
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import {
   absolutizeArgs,
+  BUNDLE_ENV,
   DENO_CONFIG,
   type LaunchPlan,
   MAIN_MODULE,
@@ -127,6 +128,36 @@ Deno.test("the agent gets the runtime settings; an operator's own malloc variabl
   deepStrictEqual(p.env, rest);
   ok(AGENT_RUNTIME_FLAGS.every((flag) => p.args.includes(flag)));
   ok(p.args.indexOf(AGENT_RUNTIME_FLAGS[0]) < p.args.indexOf(MAIN_MODULE));
+});
+
+Deno.test("GPU_POWER_AGENT_BUNDLE: the bundle's main.js with --no-config, same permissions", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/main.js`, "");
+    const argv = ["status", "--nvml-library", LIB];
+    const sources = await plan(argv);
+    const bundle = await plan(argv, { vars: { [BUNDLE_ENV]: dir } });
+    equal(bundle.args[bundle.args.indexOf("status") - 1], `${dir}/main.js`);
+    ok(bundle.args.includes("--no-config"));
+    ok(!bundle.args.includes("--config") && !bundle.args.includes(MAIN_MODULE));
+    deepStrictEqual(bundle.permissions, sources.permissions);
+    deepStrictEqual(
+      bundle.args.filter((a) => a !== "--no-config" && a !== `${dir}/main.js`),
+      sources.args.filter((a) => a !== "--config" && a !== DENO_CONFIG && a !== MAIN_MODULE),
+    );
+    const missing = await planLaunch(argv, {
+      cwd: "/home/op",
+      deno: "/usr/bin/deno",
+      env: envOf({ [BUNDLE_ENV]: "rel/none" }),
+    });
+    equal(missing.kind, "exit");
+    if (missing.kind === "exit") {
+      equal(missing.code, 2);
+      match(missing.stderr ?? "", /no \/home\/op\/rel\/none\/main\.js.*deno task bundle/);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a searched NVML library is handed to the agent, so FFI and load agree", async () => {

@@ -69,19 +69,17 @@ Deno.test("a hand edit inside a generated block is detected", () => {
   throws(() => replaceGeneratedBlock("FROM x\n", "", "Dockerfile"), /no "BEGIN GENERATED/);
 });
 
-Deno.test("container command: deno run, cached and frozen, kubernetes set, /app/main.ts", () => {
+Deno.test("container command: deno run, cached, no config, kubernetes set, the bundle's main.js", () => {
   const command = containerCommand({ apiServer: KUBELET_API_SERVER });
-  deepStrictEqual(command.slice(0, 7 + AGENT_RUNTIME_FLAGS.length), [
+  deepStrictEqual(command.slice(0, 5 + AGENT_RUNTIME_FLAGS.length), [
     "deno",
     "run",
     "--no-prompt",
     "--cached-only",
-    "--frozen",
     ...AGENT_RUNTIME_FLAGS,
-    "--config",
-    "/app/deno.json",
+    "--no-config",
   ]);
-  equal(command.at(-1), "/app/main.ts");
+  equal(command.at(-1), "/app/dist/agent/main.js");
   const set = containerPermissionSet({ apiServer: KUBELET_API_SERVER });
   deepStrictEqual(set.ffi, nvmlCandidatePaths());
   deepStrictEqual(set.write, ["/var/lib/gpu-power-agent"]);

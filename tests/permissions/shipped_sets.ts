@@ -2,14 +2,18 @@
  * The two shipped permission sets, as `deno run` argument lists a test can execute:
  *
  * - `file`: exactly what `deno task compile` bakes into the binary ({@linkcode bakedFlags}:
- *   `--no-prompt`, permission flags, `--v8-flags=--jitless`).
+ *   `--no-prompt`, permission flags, `--v8-flags=--jitless`) and compiles (the bundle, no config).
  * - `kubernetes`: exactly what the container runs ({@linkcode CONTAINER_RUNTIME_FLAGS} and
  *   {@linkcode containerPermissionSet}, as in the Dockerfile and the DaemonSet).
+ *
+ * Both run the agent's bundle ({@linkcode ShippedSet.entry}, built from the current sources),
+ * as the binary and the image do.
  *
  * Only paths and addresses are parameterised, because a test cannot use the real ones: the
  * state dir, caps file, proc root and service-account dir are temporary directories, the NVML
  * library is the fake one (still passed as a candidate list, like the shipped sets), the metrics
- * address and API server are free loopback ports, and deno.json is the repository's.
+ * address and API server are free loopback ports, and the bundle is built in a temporary
+ * directory.
  *
  * @module
  */
@@ -20,8 +24,8 @@ import {
   containerPermissionSet,
 } from "../../src/permissions/manifests.ts";
 import { toDenoFlags } from "../../src/permissions/permission_set.ts";
-import { DENO_CONFIG } from "../../src/permissions/launch.ts";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
+import { agentBundle } from "../helpers/agent_bundle.ts";
 
 /** A free TCP port on 127.0.0.1 (closed again; the test binds it right after). */
 export function freePort(): number {
@@ -44,14 +48,17 @@ export interface ShippedSet {
   apiPort: number;
   /** `run <runtime + permission flags>` — append the entry point and its arguments. */
   runArgs: string[];
+  /** The agent's entry point as shipped: the bundle's `main.js`. */
+  entry: string;
 }
 
 /** Build both shipped sets over fresh temporary directories below `dir`. */
 export async function shippedSets(dir: string): Promise<Record<"file" | "kubernetes", ShippedSet>> {
   const lib = await buildFakeNvml();
+  const { entry } = await agentBundle();
   const make = async (name: "file" | "kubernetes"): Promise<ShippedSet> => {
     const base = `${dir}/${name}`;
-    const set: Omit<ShippedSet, "runArgs"> = {
+    const set: Omit<ShippedSet, "runArgs" | "entry"> = {
       name,
       dir: base,
       lib,
@@ -75,14 +82,11 @@ export async function shippedSets(dir: string): Promise<Record<"file" | "kuberne
           metricsAddress: `127.0.0.1:${set.metricsPort}`,
           nvmlLibraryPath: [lib],
         }),
-        "--config",
-        DENO_CONFIG,
+        "--no-config",
       ]
       : [
         "run",
         ...CONTAINER_RUNTIME_FLAGS,
-        "--config",
-        DENO_CONFIG,
         ...toDenoFlags(containerPermissionSet({
           apiServer: `127.0.0.1:${set.apiPort}`,
           metricsAddress: `127.0.0.1:${set.metricsPort}`,
@@ -92,7 +96,7 @@ export async function shippedSets(dir: string): Promise<Record<"file" | "kuberne
           nvmlLibraryPath: [lib],
         })),
       ];
-    return { ...set, runArgs };
+    return { ...set, runArgs, entry };
   };
   return { file: await make("file"), kubernetes: await make("kubernetes") };
 }
