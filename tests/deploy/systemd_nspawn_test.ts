@@ -8,8 +8,9 @@
  * the agent's journal holds no warning.
  *
  * No compiled binary can be built here (no denort), so /usr/local/bin/gpu-power-agent is a
- * two-line wrapper that runs `deno run <the flags baked into the binary> main.ts`: the same
- * permission set, V8 flags and `--quiet` as `deno task compile` bakes in (`bakedFlags()`).
+ * two-line wrapper that runs `deno run --no-config <the flags baked into the binary>` of the
+ * agent's bundle (`deno task bundle`, what `deno task compile` compiles): the same code,
+ * permission set, V8 flags and `--quiet` as the binary (`bakedFlags()`).
  * The only additions to the installed unit are a drop-in pointing the fake NVML at its state
  * file (`FAKE_NVML_STATE`, `ReadWritePaths=` for it) and `DENO_DIR` at the read-only module cache.
  *
@@ -24,6 +25,7 @@ import { bakedFlags } from "../../src/permissions/compile.ts";
 import { SYSTEMD_LAYOUT } from "../../src/permissions/layouts.ts";
 import { buildFakeNvml } from "../fake_nvml/build.ts";
 import { makeFakeState, writeFakeState } from "../helpers/fake_state.ts";
+import { agentBundle } from "../helpers/agent_bundle.ts";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
 const DRIVER = `${REPO}/tests/deploy/systemd_nspawn_driver.sh`;
@@ -31,7 +33,8 @@ const DRIVER = `${REPO}/tests/deploy/systemd_nspawn_driver.sh`;
  * Where the checkout appears in the container. Not its host path: the container's systemd mounts
  * a tmpfs on /tmp (and /var/tmp), which would hide a checkout that lives there (a CI clone).
  */
-const REPO_IN_CONTAINER = "/opt/gpu-power-agent";
+/** The agent's bundle in the container (the wrapper "binary" runs its main.js). */
+const BUNDLE_IN_CONTAINER = "/opt/gpu-power-agent-bundle";
 /** Where the agent finds the fake library: one of the driver directories the binary searches. */
 const NVML_IN_CONTAINER = "/run/nvidia/driver/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1";
 const BOOT_TIMEOUT_MS = 150_000;
@@ -90,11 +93,9 @@ async function bootAndDrive(): Promise<Booted> {
   const wrapper = `${bin}/gpu-power-agent`;
   await Deno.writeTextFile(
     wrapper,
-    `#!/bin/sh\nexec /opt/deno/${denoBin.split("/").pop()} run --cached-only --config ${
-      shellQuote(`${REPO_IN_CONTAINER}/deno.json`)
-    } ${bakedFlags().map(shellQuote).join(" ")} ${
-      shellQuote(`${REPO_IN_CONTAINER}/main.ts`)
-    } "$@"\n`,
+    `#!/bin/sh\nexec /opt/deno/${denoBin.split("/").pop()} run --cached-only --no-config ${
+      bakedFlags().map(shellQuote).join(" ")
+    } ${BUNDLE_IN_CONTAINER}/main.js "$@"\n`,
   );
   await Deno.chmod(wrapper, 0o755);
   const install = await new Deno.Command("sh", {
@@ -144,7 +145,7 @@ async function bootAndDrive(): Promise<Booted> {
     `--bind-ro=${driverDir}:/opt/driver`,
     `--bind=${out}:/out`,
     `--bind=${fake}:/var/lib/fake-nvml`,
-    `--bind-ro=${REPO}:${REPO_IN_CONTAINER}`,
+    `--bind-ro=${(await agentBundle()).dir}:${BUNDLE_IN_CONTAINER}`,
     `--bind-ro=${denoBin.slice(0, denoBin.lastIndexOf("/"))}:/opt/deno`,
     `--bind-ro=${denoDirPath}:/opt/deno-dir`,
     `--bind-ro=${lib}:${NVML_IN_CONTAINER}`,
