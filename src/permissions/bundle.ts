@@ -15,6 +15,9 @@
  * gives CommonJS packages (prom-client, yaml) and the agent fails with "Dynamic require of
  * node:process is not supported".
  *
+ * After building, the bundle is run once (`--help`), which also proves it loads, so that Deno's
+ * cache holds its module analysis before the agent's first real start (see `warmBundle`).
+ *
  * Usage: `deno task bundle [--out-dir DIR]` (default `dist/agent`).
  *
  * @module
@@ -66,6 +69,8 @@ export interface BuildBundleOptions {
   deno?: string;
   /** Type-check the sources first (default false; `deno task check` does it). */
   check?: boolean;
+  /** Run it once afterwards so Deno's cache holds its analysis (default true). */
+  warm?: boolean;
 }
 
 /**
@@ -96,7 +101,30 @@ export async function buildBundle(options: BuildBundleOptions = {}): Promise<str
   } catch {
     throw new BundleError(`deno bundle left no ${entry}:\n${output.trimEnd()}`);
   }
+  if (options.warm ?? true) await warmBundle(entry, options.deno);
   return entry;
+}
+
+/**
+ * Run the bundle once (`--help`): Deno analyses a module graph it has not seen (parsing every
+ * chunk) and keeps the result in its cache (DENO_DIR). Done at packaging time, the agent's first
+ * real start skips that work — measured, that first start otherwise peaks ≈ 11 MiB higher
+ * (VmHWM 68 vs 57 MiB, file mode), and a long-running agent keeps its first start's peak.
+ */
+async function warmBundle(entry: string, deno?: string): Promise<void> {
+  const result = await new Deno.Command(deno ?? Deno.execPath(), {
+    args: ["run", "--no-prompt", "--no-config", "--cached-only", entry, "--help"],
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!result.success) {
+    throw new BundleError(
+      `the bundle ${entry} does not run (--help, exit ${result.code}):\n` +
+        new TextDecoder().decode(result.stderr).trimEnd(),
+    );
+  }
 }
 
 if (import.meta.main) {
