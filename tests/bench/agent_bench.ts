@@ -341,6 +341,13 @@ export async function kubernetesBenchNode(
       `${fake.dir}/proc/${pid}/cgroup`,
       `0::/kubepods/burstable/pod${uid}/c${i}\n`,
     );
+    // As in a real /proc: the agent keys its PID → pod cache by the start time (field 22).
+    Deno.writeTextFileSync(
+      `${fake.dir}/proc/${pid}/stat`,
+      `${pid} (python3) S 1 ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${
+        1000 + i
+      } 0 0\n`,
+    );
     api.addPod({
       name: `pod-${i}`,
       namespace: "bench",
