@@ -5,7 +5,8 @@
  * The PodResources v1 API has no watch, so the tracker calls `List`:
  * - on {@linkcode PodResourcesTracker.refresh} (the caller calls it on a pod event for this node),
  *   retrying after 100, 200, 400, 800, 1600 and 2000 ms until the pod's tracked devices appear
- *   (the kubelet allocates devices at admission, shortly after the pod is bound);
+ *   (the kubelet allocates devices at admission, shortly after the pod is bound) — as long as the
+ *   Lists succeed: a failed one ends the pod's retries, the failure schedule below asks again;
  * - every `resyncMs` (default 30 s) as a safety net; while Lists fail, sooner: after 1 s, doubling
  *   up to `resyncMs`, so that a restarted kubelet is asked again within seconds.
  * Concurrent refreshes share Lists: a refresh during a List waits for one List that starts after
@@ -140,13 +141,17 @@ export class PodResourcesTracker {
   /**
    * Lists again (after any List already in flight). With `pod`, keeps listing with the retry
    * delays until the pod holds a tracked device; resolves true once it does (without `pod`:
-   * once a List worked), false when the delays ran out, the kubelet failed, or `stop` was called.
+   * once a List worked), false when the delays ran out, a List failed (the failure schedule asks
+   * again), or `stop` was called.
    */
   async refresh(pod?: PodRef): Promise<boolean> {
     let ok = await this.#list();
     if (pod === undefined) return ok;
     for (const delay of this.#retryDelaysMs) {
       if (ok && this.#hasTrackedDevice(pod)) return true;
+      // A failing kubelet (socket absent, refused, hanging) is asked again by the failure
+      // schedule (1 s, doubling): every pod event's own retries would only repeat the failure.
+      if (!ok) return false;
       if (this.#stopped) return false;
       await this.#sleep(delay);
       if (this.#stopped) return false;

@@ -111,6 +111,22 @@ Deno.test("refresh(pod) gives up after the retry delays; stop ends a wait at onc
   tracker.stop();
 });
 
+Deno.test("refresh(pod) against a failing kubelet: one List, no retries of its own", async () => {
+  const client = new ScriptedClient();
+  client.answer = new Error("no socket at /scripted/kubelet.sock");
+  const tracker = new PodResourcesTracker(client, FAST);
+  await tracker.start();
+  const lists = client.lists;
+  assert.equal(await tracker.refresh({ namespace: "ml", name: "a" }), false);
+  assert.equal(client.lists, lists + 1, "each GPU pod event would otherwise repeat the failure");
+  // Back: the pod's retries run again until its devices appear.
+  client.answer = [];
+  client.sequence = [[], [gpuPod("ml", "a", [GPU0])]];
+  assert.equal(await tracker.refresh({ namespace: "ml", name: "a" }), true);
+  assert.equal(client.lists, lists + 3);
+  tracker.stop();
+});
+
 Deno.test("refreshes during a List share one List that starts after it", async () => {
   const client = new ScriptedClient();
   const tracker = new PodResourcesTracker(client, FAST);
