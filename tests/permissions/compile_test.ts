@@ -146,3 +146,21 @@ Deno.test("deno task compile: denort that cannot be downloaded is explained", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("deno task compile bundles first, then compiles the bundle (here: up to denort)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await agentBundle(); // esbuild in Deno's cache before the network is cut
+    const result = await compileScript(
+      ["--target", "aarch64-unknown-linux-gnu", "--output-dir", `${dir}/dist`, "--no-check"],
+      { HTTPS_PROXY: "http://127.0.0.1:9", HTTP_PROXY: "http://127.0.0.1:9" },
+    );
+    match(result.text, new RegExp(`Bundle ${dir}/dist/agent/main\\.js`));
+    ok(Deno.statSync(`${dir}/dist/agent/main.js`).isFile);
+    // No denort here (and none can be fetched): the compile step of the bundle fails, explained.
+    equal(result.code, 1, result.text);
+    match(result.text, /deno compile failed for aarch64-unknown-linux-gnu/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
