@@ -344,9 +344,7 @@ export async function kubernetesBenchNode(
     // As in a real /proc: the agent keys its PID → pod cache by the start time (field 22).
     Deno.writeTextFileSync(
       `${fake.dir}/proc/${pid}/stat`,
-      `${pid} (python3) S 1 ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${
-        1000 + i
-      } 0 0\n`,
+      `${pid} (python3) S 1 ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${1000 + i} 0 0\n`,
     );
     api.addPod({
       name: `pod-${i}`,
