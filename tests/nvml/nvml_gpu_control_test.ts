@@ -454,3 +454,27 @@ Deno.test("nvmlInit_v2 failure (driver not loaded) → NvmlError from nvmlInit_v
     message: /^NVML nvmlInit_v2 failed: DRIVER_NOT_LOADED/,
   });
 });
+
+Deno.test("identity is read once per session; listGpus still asks for every handle", async () => {
+  await withControl(makeFakeState(2), (control, fake) => {
+    assert.deepEqual(control.listGpus().map((gpu) => gpu.uuid), [UUID0, UUID1]);
+    // UUID, name and PCI info fail from now on: the session already knows them.
+    updateFakeState(fake.statePath, (state) => {
+      for (const gpu of state.gpus) {
+        gpu.fail = { nvmlDeviceGetUUID: 999, nvmlDeviceGetName: 999, nvmlDeviceGetPciInfo_v3: 999 };
+      }
+    });
+    const again = control.listGpus();
+    assert.deepEqual(again.map((gpu) => [gpu.index, gpu.uuid]), [[0, UUID0], [1, UUID1]]);
+    assert.equal(again[1].pciBusId, "00000000:11:00.0");
+    // GPU 1 falls off the bus: it leaves the list at once (its handle is asked for each time).
+    updateFakeState(fake.statePath, (state) => {
+      state.gpus[1].fail = { nvmlDeviceGetHandleByIndex_v2: 15 };
+    });
+    assert.deepEqual(control.listGpus().map((gpu) => gpu.uuid), [UUID0]);
+    assertNvmlError(() => control.readLimits(1), {
+      fn: "nvmlDeviceGetHandleByIndex_v2",
+      codeName: "GPU_IS_LOST",
+    });
+  });
+});
