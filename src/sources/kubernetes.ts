@@ -255,7 +255,10 @@ export class KubernetesCapSource implements CapSource {
     try {
       let byGpu = new Map<string, PodRecord[]>();
       if (this.needsPids) {
-        const scan = this.#index.scan(gpus, { procRoot: this.#o.procRoot });
+        const scan = this.#index.scan(gpus, {
+          procRoot: this.#o.procRoot,
+          nowMs: this.#o.clock.now(),
+        });
         for (const failure of scan.failed) {
           if (this.#scanFailuresLogged.has(failure.uuid)) continue;
           this.#scanFailuresLogged.add(failure.uuid);

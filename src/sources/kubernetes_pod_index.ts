@@ -6,7 +6,12 @@
  *   process. Entries are keyed by PID and process start time (`/proc/<pid>/stat`), so a PID the
  *   kernel reused for a process of another pod is read again; only PIDs seen on some GPU in the
  *   latest scan are kept (even while another GPU's process query fails), so the cache never
- *   outgrows the processes on the GPUs.
+ *   outgrows the processes on the GPUs. The start time of a PID seen in consecutive scans is
+ *   checked again at most once a second ({@linkcode START_TIME_RECHECK_MS}): the kernel hands
+ *   out PIDs in a cycle and gives one again only after the counter has wrapped past
+ *   `kernel.pid_max` (32768 at the least, 4194304 by default on 64-bit systemd hosts), which no
+ *   node does within a second; a PID that leaves every GPU's list for one scan is forgotten and
+ *   read afresh. Under a burst of pod events (20/s) a pass thus makes no `/proc` reads at all.
  * - Pod → GPU associations: remembered while the pod exists and is not Succeeded/Failed, so a
  *   cap survives a process restart inside the pod.
  */
@@ -47,10 +52,18 @@ function terminal(pod: KubePod): boolean {
   return phase === "Succeeded" || phase === "Failed";
 }
 
+/**
+ * How long (ms) the start time of a cached PID is trusted before `/proc/<pid>/stat` is read
+ * again (see the module doc).
+ */
+export const START_TIME_RECHECK_MS = 1000;
+
 /** What the cache knows of one process. */
 interface PidEntry {
   /** Start time from /proc/<pid>/stat (null when that file cannot be read). */
   start: string | null;
+  /** When `start` was last read (ms, the scan's clock). */
+  checkedMs: number;
   /** Pod UID, or null for a process outside any pod. */
   uid: string | null;
 }
@@ -146,8 +159,10 @@ export class PodIndex {
   /**
    * Find the pods using each GPU now: observed PIDs → cgroup → pod UID, for pods in the index.
    * A GPU whose PIDs could not be read keeps its associations as they were. Never throws.
+   * `nowMs` (the caller's clock) dates the start-time checks.
    */
-  scan(gpus: readonly ScanGpu[], options: { procRoot: string }): ScanResult {
+  scan(gpus: readonly ScanGpu[], options: { procRoot: string; nowMs: number }): ScanResult {
+    const { procRoot, nowMs } = options;
     const seen = new Set<number>();
     const failed: ScanResult["failed"] = [];
     let added = 0;
@@ -159,18 +174,21 @@ export class PodIndex {
       }
       for (const pid of pids) {
         seen.add(pid);
-        const start = readProcessStartTime(options.procRoot, pid) ?? null;
         let entry = this.#pidUid.get(pid);
-        // Another start time: the PID now names another process (maybe of another pod).
-        if (entry !== undefined && entry.start !== start) entry = undefined;
-        if (entry === undefined) {
-          const read = readPodUidOfPid(options.procRoot, pid);
-          if (read === undefined) {
-            this.#pidUid.delete(pid);
-            continue; // Vanished, or unreadable: try again next scan.
+        if (entry === undefined || nowMs - entry.checkedMs >= START_TIME_RECHECK_MS) {
+          const start = readProcessStartTime(procRoot, pid) ?? null;
+          // Another start time: the PID now names another process (maybe of another pod).
+          if (entry !== undefined && entry.start !== start) entry = undefined;
+          if (entry === undefined) {
+            const read = readPodUidOfPid(procRoot, pid);
+            if (read === undefined) {
+              this.#pidUid.delete(pid);
+              continue; // Vanished, or unreadable: try again next scan.
+            }
+            entry = { start, checkedMs: nowMs, uid: read };
+            this.#pidUid.set(pid, entry);
           }
-          entry = { start, uid: read };
-          this.#pidUid.set(pid, entry);
+          entry.checkedMs = nowMs;
         }
         const uid = entry.uid;
         if (uid === null || !this.#pods.has(uid)) continue;

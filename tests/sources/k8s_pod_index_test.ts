@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { PodIndex } from "../../src/sources/kubernetes_pod_index.ts";
+import { PodIndex, START_TIME_RECHECK_MS } from "../../src/sources/kubernetes_pod_index.ts";
 import { readProcessStartTime, startTimeFromStat } from "../../src/sources/proc_stat.ts";
 import type { KubePod } from "../../src/sources/kubernetes_informer.ts";
 
@@ -42,19 +42,52 @@ Deno.test("pod index: a reused PID maps to the pod its new process runs in", asy
     index.replace([pod("a", UID_A), pod("b", UID_B)]);
     await runProcess(root, 100, UID_A, 1111);
     const pids: number[][] = [[100], []];
-    const scan = () => index.scan(gpus(pids[0], pids[1]), { procRoot: root });
+    let nowMs = 0;
+    const scan = () => index.scan(gpus(pids[0], pids[1]), { procRoot: root, nowMs });
     scan();
     assert.deepEqual([...index.gpusOf(UID_A)], ["GPU-0"]);
     // Same process: the cgroup file is not read again.
     await Deno.remove(`${root}/100/cgroup`);
     scan();
     assert.equal(index.cachedPids, 1);
-    // Pod a's process exits; the kernel gives PID 100 to a process of pod b, on GPU 1.
+    // Pod a's process exits; the kernel gives PID 100 to a process of pod b, on GPU 1 (after
+    // the PID counter wrapped: not within a second).
     await runProcess(root, 100, UID_B, 2222);
     pids[0] = [];
     pids[1] = [100];
+    nowMs += START_TIME_RECHECK_MS;
     scan();
     assert.deepEqual([...index.gpusOf(UID_B)], ["GPU-1"]);
+    assert.ok(index.hasProcess(UID_B));
+    assert.ok(!index.hasProcess(UID_A));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("pod index: a PID seen scan after scan is checked again once a second, not per scan", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const index = new PodIndex(KEY);
+    index.replace([pod("a", UID_A), pod("b", UID_B)]);
+    await runProcess(root, 100, UID_A, 1111);
+    const scan = (nowMs: number, pids: number[]) =>
+      index.scan(gpus(pids, []), { procRoot: root, nowMs });
+    scan(0, [100]);
+    // No /proc file is read within the second: a burst of passes costs no reads.
+    await Deno.remove(`${root}/100`, { recursive: true });
+    for (let t = 0; t < START_TIME_RECHECK_MS; t += 100) scan(t, [100]);
+    assert.equal(index.cachedPids, 1);
+    assert.deepEqual([...index.gpusOf(UID_A)], ["GPU-0"]);
+    // A second later the start time is read again: the process is gone, so is its entry.
+    scan(START_TIME_RECHECK_MS, [100]);
+    assert.equal(index.cachedPids, 0);
+    // A PID that left the list for one scan is read afresh at once, whatever the time.
+    await runProcess(root, 200, UID_A, 1);
+    scan(START_TIME_RECHECK_MS + 1, [200]);
+    scan(START_TIME_RECHECK_MS + 2, []);
+    await runProcess(root, 200, UID_B, 2);
+    scan(START_TIME_RECHECK_MS + 3, [200]);
     assert.ok(index.hasProcess(UID_B));
     assert.ok(!index.hasProcess(UID_A));
   } finally {
@@ -71,7 +104,7 @@ Deno.test("pod index: the PID cache holds only PIDs of the latest scan, even whi
     for (let round = 0; round < 200; round++) {
       const pid = next++;
       await runProcess(root, pid, UID_A, pid * 10);
-      const result = index.scan(gpus(null, [pid]), { procRoot: root });
+      const result = index.scan(gpus(null, [pid]), { procRoot: root, nowMs: round });
       assert.equal(result.failed.length, 1);
       await Deno.remove(`${root}/${pid}`, { recursive: true });
     }
