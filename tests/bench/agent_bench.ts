@@ -5,7 +5,10 @@
  * - startup: spawn → every GPU at its cap;
  * - reaction: desired change (caps-file write / pod annotation) → limit set (fake NVML log
  *   timestamps), p50/p99, and the agent's utime+stime over those changes ÷ the GPU limit changes
- *   they caused (an edit of the caps file's default changes all 8 GPUs, an annotation one);
+ *   they caused (an edit of the caps file's default changes all 8 GPUs, an annotation one):
+ *   `--changes` (default 200) timed one after the other, after `--warmup-changes` (default 20)
+ *   untimed ones, so that the figures are the agent's steady cost, not its first run of each
+ *   code path (V8 compiles every function on its first call);
  * - sustained load: file mode 2 caps edits/s, Kubernetes mode ≥ 20 pod events/s (annotation
  *   changes on the GPU pods and pods coming and going on the node) for `--sustain-seconds`
  *   (default 600); VmHWM at the end, VmRSS `--after-seconds` (default 60) after the load stops;
@@ -23,6 +26,7 @@
  * Asserts nothing about time.
  *
  *   deno task bench [--json] [--quick] [--sustain-seconds N] [--after-seconds N]
+ *     [--changes N] [--warmup-changes N]
  *     [--mode file|kubernetes]... [--agent-env NAME=VALUE]... [--no-reconcile] [--from-json FILE]
  *     [--sources]
  *
@@ -97,6 +101,8 @@ export interface BenchOptions {
   modes: ReadonlyArray<BenchResult["mode"]>;
   /** Desired changes timed one by one (latency, CPU per change). */
   changes: number;
+  /** Changes made first, untimed (the agent's first run of each code path). */
+  warmupChanges: number;
   /** Length of the sustained load. */
   sustainSeconds: number;
   /** Wait after the load before VmRSS is read. */
@@ -176,8 +182,8 @@ interface Measured {
 }
 
 /**
- * What both modes share: wait for the initial caps, time `changes` changes, run the load, wait,
- * read memory. `change(i)` makes one desired change and returns how many set-log lines it
+ * What both modes share: wait for the initial caps, make `warmupChanges` changes, time `changes`
+ * changes, run the load, wait, read memory. `change(i)` makes one desired change and returns how many set-log lines it
  * produces; `load(n)` makes the n-th sustained-load event.
  */
 async function measure(
@@ -198,15 +204,20 @@ async function measure(
   const rssStart = procStatus(pid, "VmRSS");
 
   const reactions: number[] = [];
-  const cpu0 = cpuMs(pid);
-  const sets0 = setLines().length;
-  for (let i = 1; i <= options.changes; i++) {
+  let cpu0 = 0;
+  let sets0 = 0;
+  for (let i = 1; i <= options.warmupChanges + options.changes; i++) {
+    // The first changes run code for the first time (V8 compiles lazily): not timed.
+    if (i === options.warmupChanges + 1) {
+      cpu0 = cpuMs(pid);
+      sets0 = setLines().length;
+    }
     const before = setLines().length;
     const t0 = Date.now();
     const lines = options.change(i);
     await waitFor(() => setLines().length >= before + lines, `change ${i}`, 10_000);
     const stamps = setLines().slice(before).map((l) => Number(l.split(" ")[0]));
-    reactions.push(Math.max(...stamps) - t0);
+    if (i > options.warmupChanges) reactions.push(Math.max(...stamps) - t0);
     await sleep(20);
   }
   // Per GPU limit change (a caps-file edit changes all 8 GPUs, an annotation one).
@@ -531,6 +542,7 @@ export function benchOptions(args: readonly string[]): BenchOptions & {
       "sustain-seconds": { type: "string" },
       "after-seconds": { type: "string" },
       changes: { type: "string" },
+      "warmup-changes": { type: "string" },
       mode: { type: "string", multiple: true },
       "agent-env": { type: "string", multiple: true },
       "from-json": { type: "string" },
@@ -559,7 +571,8 @@ export function benchOptions(args: readonly string[]): BenchOptions & {
     fromJson: values["from-json"],
     reconcile: values.reconcile && !quick,
     modes,
-    changes: positive(values.changes, quick ? 4 : 60, "changes"),
+    changes: positive(values.changes, quick ? 4 : 200, "changes"),
+    warmupChanges: positive(values["warmup-changes"], quick ? 1 : 20, "warmup-changes"),
     sustainSeconds: positive(values["sustain-seconds"] ?? env, quick ? 2 : 600, "sustain-seconds"),
     afterSeconds: positive(values["after-seconds"], quick ? 1 : 60, "after-seconds"),
     fileEditsPerSecond: 2,

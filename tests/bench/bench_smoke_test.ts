@@ -71,4 +71,8 @@ Deno.test("bench options: defaults are the documented sustained load, --quick is
   equal(benchOptions(["--sustain-seconds", "30"]).sustainSeconds, 30);
   equal(full.sources, false, "the bundle by default");
   equal(benchOptions(["--sources"]).sources, true);
+  // Steady cost: changes timed after untimed ones that run each code path once.
+  equal(full.changes, 200);
+  equal(full.warmupChanges, 20);
+  equal(benchOptions(["--warmup-changes", "0"]).warmupChanges, 0);
 });
