@@ -40,6 +40,12 @@ export interface ActuatorOptions {
   telemetry?: Telemetry;
   clock?: Clock;
   backoff?: BackoffPolicy;
+  /**
+   * Group commit of the journal (`Journal.save`'s `coalesceAppliedMs`): a pass that only changed
+   * what managed GPUs have applied may leave the write to its owner's next save (the reconcile
+   * loop's timer). Default 0: every pass saves what it changed.
+   */
+  coalesceJournalMs?: number;
 }
 
 /** Options of {@linkcode Actuator.execute}. */
@@ -73,6 +79,7 @@ export class Actuator {
   #telemetry: Telemetry;
   #clock: Clock;
   #backoff: BackoffPolicy;
+  #coalesceJournalMs: number;
   #failing = new Map<string, Failing>();
   #unsupported = new Map<string, string>();
 
@@ -82,6 +89,7 @@ export class Actuator {
     this.#telemetry = options.telemetry ?? noopTelemetry;
     this.#clock = options.clock ?? systemClock;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
+    this.#coalesceJournalMs = options.coalesceJournalMs ?? 0;
   }
 
   /** True when setting this GPU's limit failed NOT_SUPPORTED (it is never tried again). */
@@ -188,7 +196,7 @@ export class Actuator {
     for (const c of admitted) carry(c.plan);
 
     try {
-      journal.save();
+      journal.save({ coalesceAppliedMs: this.#coalesceJournalMs });
     } catch (err) {
       result.error ??= err instanceof Error ? err.message : String(err);
       log.error("{message}", { message: result.error });

@@ -4,6 +4,11 @@
  *
  * Passes are synchronous (NVML calls are), so at most one runs at a time; triggers that arrive
  * while a pass is scheduled or running coalesce into exactly one follow-up pass.
+ *
+ * The journal is group-committed: a pass that only changed what managed GPUs have applied
+ * writes it at once when the file is at least {@linkcode JOURNAL_GROUP_COMMIT_MS} old, else
+ * leaves it to a timer that fires that long after (and to `stop()`/`runOnce()`). Baselines and
+ * removals are durable before any GPU is changed, as always (`Journal.ensureOnDisk`).
  */
 import { getLogger } from "@logtape/logtape";
 import type { GpuControl } from "../nvml/gpu_control.ts";
@@ -55,6 +60,12 @@ export interface LoopBudget extends BudgetReport {
 
 const NO_BUDGET: EffectiveBudget = Object.freeze({ budgetMw: null, source: null });
 
+/**
+ * Longest a change of a managed GPU's applied limit waits in memory before the journal file
+ * holds it (group commit; see the module doc).
+ */
+export const JOURNAL_GROUP_COMMIT_MS = 1000;
+
 /** Options of `ReconcileLoop`. */
 export interface ReconcileLoopOptions {
   journal: Journal;
@@ -93,6 +104,7 @@ export class ReconcileLoop {
   #triggerAt: number | null = null;
   #triggerTimer: number | null = null;
   #intervalTimer: number | null = null;
+  #journalTimer: number | null = null;
   #passCount = 0;
   #lastSuccessMs: number | null = null;
   #lastReport: PassReport | null = null;
@@ -124,6 +136,7 @@ export class ReconcileLoop {
       telemetry: this.#telemetry,
       clock: this.#clock,
       backoff: options.backoff,
+      coalesceJournalMs: JOURNAL_GROUP_COMMIT_MS,
     });
     this.#printPlan = options.printPlan ?? ((lines) => {
       const log = getLogger(["gpu-power-agent", "reconcile"]);
@@ -190,7 +203,9 @@ export class ReconcileLoop {
    */
   runOnce(): PassReport {
     if (this.#stopped) throw new Error("ReconcileLoop was stopped; create a new one");
-    return this.#safePass();
+    const report = this.#safePass();
+    this.#flushJournal();
+    return report;
   }
 
   /** Desired caps may have changed: run a pass as soon as possible (coalesced). */
@@ -211,6 +226,7 @@ export class ReconcileLoop {
     this.#pending = false;
     this.#clearTimer("trigger");
     this.#clearTimer("interval");
+    this.#flushJournal();
     // A dry run (read-only journal) changed nothing: nothing to restore.
     if (!options.restore || this.#journal.readOnly) return Promise.resolve(null);
     return Promise.resolve(restoreAll(this.#gpu, {
@@ -228,6 +244,29 @@ export class ReconcileLoop {
       this.#triggerTimer = null;
       if (!this.#stopped) this.#tick();
     }, 0);
+  }
+
+  /** After a pass: a journal write the pass left waiting happens within the group commit time. */
+  #armJournalFlush(): void {
+    if (this.#journalTimer !== null || this.#stopped) return;
+    if (this.#journal.readOnly || !this.#journal.dirty) return;
+    this.#journalTimer = this.#clock.setTimeout(() => {
+      this.#journalTimer = null;
+      this.#flushJournal();
+    }, JOURNAL_GROUP_COMMIT_MS);
+  }
+
+  /** Write what the journal holds in memory now (errors are logged; the next pass retries). */
+  #flushJournal(): void {
+    if (this.#journalTimer !== null) this.#clock.clearTimeout(this.#journalTimer);
+    this.#journalTimer = null;
+    try {
+      this.#journal.save();
+    } catch (err) {
+      getLogger(["gpu-power-agent", "reconcile"]).error("{message}", {
+        message: err instanceof Error ? err.message : String(err),
+      });
+    }
   }
 
   #clearTimer(which: "trigger" | "interval"): void {
@@ -339,6 +378,7 @@ export class ReconcileLoop {
       this.#passing = false;
     }
     this.#passCount++;
+    this.#armJournalFlush();
     this.#lastReport = report;
     const endMs = this.#clock.now();
     if (report.ok) this.#lastSuccessMs = endMs;

@@ -22,6 +22,13 @@
  * its GPU, and a removal is durable before the save returns, as before; what may be lost is
  * the last `appliedMw`, which only labels a correction as drift vs apply and is rewritten by the
  * next verified change. (At worst a `journal.json.tmp-<pid>` file is left behind, never read.)
+ *
+ * Group commit. For the same reason a save that only changes `appliedMw`/`updatedAt` may wait:
+ * `save({ coalesceAppliedMs })` writes nothing when the file was written less than that long ago
+ * (the journal stays `dirty`; the caller saves again when the time is up: the reconcile loop
+ * arms a timer, and saves on stop). A burst of cap changes on managed GPUs thus costs one write
+ * a second instead of one per change; `ensureOnDisk()` (before a GPU is changed) writes only
+ * what must be durable first — new or removed entries, a file changed behind the agent's back.
  */
 import { getLogger } from "@logtape/logtape";
 import { BoundedReadError, READ_LIMITS, readBoundedTextSync } from "./bounded_read.ts";
@@ -69,6 +76,15 @@ export class JournalReadError extends Error {
   override name = "JournalReadError";
 }
 
+/** Options of {@linkcode Journal.save}. */
+export interface SaveOptions {
+  /**
+   * Group commit: when only `appliedMw`/`updatedAt` changed and this instance wrote the file
+   * less than this many milliseconds ago, write nothing now (default 0: write at once).
+   */
+  coalesceAppliedMs?: number;
+}
+
 /** Options of `Journal.recordBaseline`. */
 export interface RecordBaselineOptions {
   /** GPU name, stored for humans. */
@@ -101,6 +117,8 @@ export class Journal {
   #syncDir: (dir: string) => void;
   /** Identity of the file as this instance last wrote or read it; null: no file known. */
   #fileStamp: string | null = null;
+  /** When (`now()`) this instance last wrote the file; null: never. */
+  #lastWriteMs: number | null = null;
 
   constructor(
     stateDir: string,
@@ -199,10 +217,17 @@ export class Journal {
    * Write the file atomically if anything changed. Returns true when the file was written.
    * Throws an Error naming the file when it cannot be written. A read-only journal never writes.
    * The directory is fsynced too unless only `appliedMw`/`updatedAt` changed (see the module
-   * doc).
+   * doc). With `coalesceAppliedMs`, such a save may wait (group commit, see the module doc).
    */
-  save(): boolean {
+  save(options: SaveOptions = {}): boolean {
     if (!this.#dirty || this.readOnly) return false;
+    const wait = options.coalesceAppliedMs ?? 0;
+    if (
+      wait > 0 && !this.#needsDirSync && this.#lastWriteMs !== null &&
+      this.#now() - this.#lastWriteMs < wait
+    ) {
+      return false;
+    }
     const gpus: Record<string, JournalEntry> = {};
     for (const [uuid, e] of [...this.#entries].sort(([a], [b]) => a.localeCompare(b))) {
       gpus[uuid] = {
@@ -251,19 +276,22 @@ export class Journal {
     }
     this.#dirty = false;
     this.#saveCount++;
+    this.#lastWriteMs = this.#now();
     this.#fileStamp = this.#stamp();
     return true;
   }
 
   /**
-   * Make sure the file on disk holds what is in memory before a GPU is changed: saves when dirty,
-   * and also when the file changed under us since this instance last wrote it (another process
-   * emptied, replaced or removed it). Returns true when the file was written. Throws like `save`.
+   * Make sure the file on disk holds every entry in memory before a GPU is changed: saves when an
+   * entry was added or removed (or this instance has not written yet), and when the file changed
+   * under us since this instance last wrote it (another process emptied, replaced or removed
+   * it). A pending change of `appliedMw` alone is left to the next `save()`: every baseline on
+   * disk is already there. Returns true when the file was written. Throws like `save`.
    */
   ensureOnDisk(): boolean {
     if (this.readOnly) return false;
     const changedBehind = this.#stamp() !== this.#fileStamp;
-    if (!this.#dirty && !changedBehind) return false;
+    if (!(this.#dirty && this.#needsDirSync) && !changedBehind) return false;
     if (!this.#dirty) {
       getLogger(["gpu-power-agent", "journal"]).warn(
         "Journal {path} changed behind the agent's back; writing it again from memory",

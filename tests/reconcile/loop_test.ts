@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { loadJournal } from "../../src/state/journal.ts";
-import { ReconcileLoop, type ReconcileLoopOptions } from "../../src/reconcile/loop.ts";
+import {
+  JOURNAL_GROUP_COMMIT_MS,
+  ReconcileLoop,
+  type ReconcileLoopOptions,
+} from "../../src/reconcile/loop.ts";
 import { FakeGpuControl, fakeH100 } from "../helpers/fake_gpu_control.ts";
 import {
   caps,
@@ -40,7 +44,8 @@ Deno.test("start: first pass applies, arms the interval, exposes state", () => {
   assert.equal(t.loop.lastReport, report);
   assert.equal(t.loop.lastSuccessMs, t.clock.now());
   assert.equal(t.loop.lastDesired?.get(U0)?.mw, 250_000);
-  assert.deepEqual(t.clock.delays(), [INTERVAL]);
+  // The baseline was written before the set; the applied limit follows within the group commit.
+  assert.deepEqual(t.clock.delays(), [JOURNAL_GROUP_COMMIT_MS, INTERVAL]);
   assert.deepEqual(t.source.lastViews.map((v) => v.uuid), [U0, U1]);
   assert.equal(t.source.desiredCalls, 1);
 });
@@ -67,10 +72,11 @@ Deno.test("start: journaled GPU without desired cap is restored as startup (cras
 Deno.test("trigger: coalesced into one pass scheduled with no delay", () => {
   using t = setup();
   t.loop.start();
+  t.clock.advance(JOURNAL_GROUP_COMMIT_MS);
   t.loop.trigger();
   t.loop.trigger();
   t.loop.trigger();
-  assert.deepEqual(t.clock.delays(), [0, INTERVAL]);
+  assert.deepEqual(t.clock.delays(), [0, INTERVAL - JOURNAL_GROUP_COMMIT_MS]);
   t.clock.advance(0);
   assert.equal(t.loop.passCount, 2);
   assert.equal(t.source.desiredCalls, 2);
@@ -93,7 +99,37 @@ Deno.test("trigger during a pass queues exactly one follow-up pass", () => {
   t.loop.trigger();
   t.clock.advance(0);
   assert.equal(t.loop.passCount, 3, "start, triggered pass, one follow-up");
-  assert.deepEqual(t.clock.delays(), [INTERVAL]);
+  assert.deepEqual(t.clock.delays(), [JOURNAL_GROUP_COMMIT_MS, INTERVAL]);
+});
+
+Deno.test("group commit: a burst of changes writes the journal once a second; stop writes what waits", () => {
+  using t = setup();
+  t.loop.start();
+  t.clock.advance(JOURNAL_GROUP_COMMIT_MS);
+  const saves = t.journal.saveCount;
+  // 20 changes 50 ms apart (one second): each is set at once; the file, written by the first
+  // change's flush just now, is written once more when the second is up.
+  for (let i = 1; i <= 20; i++) {
+    t.source.caps = caps([U0, 250 + i]);
+    t.loop.trigger();
+    t.clock.advance(i === 20 ? 0 : 50);
+    assert.equal(t.gpu.limitOf(0), (250 + i) * 1000);
+  }
+  assert.equal(t.journal.saveCount - saves, 0, "nothing written within the second");
+  assert.equal(t.journal.dirty, true);
+  assert.equal(loadJournal(t.journal.stateDir).get(U0)?.appliedMw, 250_000);
+  t.clock.advance(50);
+  assert.equal(t.journal.saveCount - saves, 1, "one write for 20 changes");
+  assert.equal(loadJournal(t.journal.stateDir).get(U0)?.appliedMw, 270_000);
+  // Stop (no restore) writes what waits.
+  t.source.caps = caps([U0, 300]);
+  t.loop.trigger();
+  t.clock.advance(0);
+  assert.equal(t.journal.dirty, true);
+  t.loop.stop();
+  assert.equal(t.journal.dirty, false);
+  assert.equal(loadJournal(t.journal.stateDir).get(U0)?.appliedMw, 300_000);
+  assert.deepEqual(t.clock.delays(), [], "no timer left");
 });
 
 Deno.test("interval: drift corrected without a trigger; timer re-armed after each pass", () => {

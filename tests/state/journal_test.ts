@@ -48,6 +48,32 @@ Deno.test("save writes only when something changed", () => {
   assert.deepEqual(Deno.statSync(journal.path).mtime, mtime);
 });
 
+Deno.test("group commit: a save changing only appliedMw waits while the file is younger than coalesceAppliedMs", () => {
+  using tmp = tempStateDir();
+  let t = 1_000_000;
+  const journal = loadJournal(tmp.dir, { now: () => t, syncDir: () => {} });
+  const coalesce = { coalesceAppliedMs: 1000 };
+  journal.recordBaseline(UUID, 700_000, { name: "a" });
+  assert.equal(journal.save(coalesce), true, "a new entry is written at once");
+  journal.setApplied(UUID, 300_000);
+  t += 999;
+  assert.equal(journal.save(coalesce), false, "the file is 999 ms old: the write waits");
+  assert.equal(journal.dirty, true);
+  assert.equal(loadJournal(tmp.dir).get(UUID)?.appliedMw, 700_000);
+  // An entry added meanwhile is never held back (nor the applied limit waiting with it).
+  journal.recordBaseline(UUID2, 650_000, { name: "b" });
+  assert.equal(journal.save(coalesce), true);
+  assert.equal(loadJournal(tmp.dir).get(UUID)?.appliedMw, 300_000);
+  journal.setApplied(UUID2, 250_000);
+  t += 1000;
+  assert.equal(journal.save(coalesce), true, "the file is 1 s old: written at once");
+  journal.setApplied(UUID2, 275_000);
+  assert.equal(journal.save(coalesce), false);
+  assert.equal(journal.save(), true, "without coalesceAppliedMs a save writes");
+  assert.equal(loadJournal(tmp.dir).get(UUID2)?.appliedMw, 275_000);
+  assert.equal(journal.saveCount, 4);
+});
+
 Deno.test("a save that adds or removes an entry fsyncs the directory; one changing only appliedMw does not", () => {
   using tmp = tempStateDir();
   const dirSyncs: string[] = [];
@@ -58,7 +84,8 @@ Deno.test("a save that adds or removes an entry fsyncs the directory; one changi
   journal.setApplied(UUID, 300_000);
   assert.equal(journal.save(), true);
   journal.setApplied(UUID, 325_000);
-  assert.equal(journal.ensureOnDisk(), true);
+  assert.equal(journal.ensureOnDisk(), false, "appliedMw only: nothing must be durable first");
+  assert.equal(journal.save(), true);
   assert.equal(dirSyncs.length, 1, "appliedMw only: file fsync + rename, no directory fsync");
   assert.equal(loadJournal(tmp.dir).get(UUID)?.appliedMw, 325_000);
   journal.recordBaseline(UUID2, 650_000, { name: "b" });
