@@ -438,7 +438,10 @@ export class KubernetesCapSource implements CapSource {
     }
     if (this.#tracker) this.#askKubelet(pod, after !== undefined);
     if (relevant) this.#notify();
-    this.#updateProbe();
+    // Only an annotated pod can start or stop waiting for its GPUs (churn of other pods is free).
+    if (before?.annotationValue !== undefined || after?.annotationValue !== undefined) {
+      this.#updateProbe();
+    }
   }
 
   /**
@@ -596,11 +599,10 @@ export class KubernetesCapSource implements CapSource {
     const allowed = this.#o.allowedNamespaces?.length ? new Set(this.#o.allowedNamespaces) : null;
     const pending = new Set<string>();
     // Without processes there is nothing to probe for: the kubelet's answers trigger passes.
-    for (const pod of this.needsPids ? this.#index.pods() : []) {
-      if (pod.annotationValue === undefined) continue;
+    for (const pod of this.needsPids ? this.#index.annotatedPods() : []) {
       if (allowed && !allowed.has(pod.namespace)) continue;
       if (this.#allocatedUids.has(pod.uid)) continue;
-      if (this.#index.gpusOf(pod.uid).size === 0) pending.add(pod.uid);
+      if (!this.#index.hasGpus(pod.uid)) pending.add(pod.uid);
     }
     const initial = this.#o.probeIntervalMs ?? 2000;
     if (pending.size === 0) {

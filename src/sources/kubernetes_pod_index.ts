@@ -72,6 +72,8 @@ interface PidEntry {
 export class PodIndex {
   #annotationKey: string;
   #pods = new Map<string, PodRecord>();
+  /** The pods of `#pods` that carry the annotation (few, however many pods the node runs). */
+  #annotated = new Map<string, PodRecord>();
   #pidUid = new Map<number, PidEntry>();
   #gpusOf = new Map<string, Set<string>>();
 
@@ -99,9 +101,19 @@ export class PodIndex {
     return this.#pods.values();
   }
 
+  /** The known pods that carry the annotation (valid or not). */
+  annotatedPods(): IterableIterator<PodRecord> {
+    return this.#annotated.values();
+  }
+
   /** GPU UUIDs a pod is associated with. */
   gpusOf(uid: string): ReadonlySet<string> {
     return this.#gpusOf.get(uid) ?? new Set();
+  }
+
+  /** True when the pod is associated with some GPU. */
+  hasGpus(uid: string): boolean {
+    return (this.#gpusOf.get(uid)?.size ?? 0) > 0;
   }
 
   /** True when some cached PID runs in this pod. */
@@ -132,6 +144,7 @@ export class PodIndex {
       }
     }
     this.#pods = next;
+    this.#annotated = new Map([...next].filter(([, pod]) => pod.annotationValue !== undefined));
     return changed;
   }
 
@@ -148,11 +161,14 @@ export class PodIndex {
     const hadGpus = (this.#gpusOf.get(uid)?.size ?? 0) > 0;
     if (type === "DELETED" || terminal(pod)) {
       this.#pods.delete(uid);
+      this.#annotated.delete(uid);
       this.#gpusOf.delete(uid);
       return { before, hadGpus };
     }
     const after = this.#record(pod);
     this.#pods.set(uid, after);
+    if (after.annotationValue !== undefined) this.#annotated.set(uid, after);
+    else this.#annotated.delete(uid);
     return { before, after, hadGpus };
   }
 

@@ -129,3 +129,25 @@ Deno.test("proc stat: field 22 after the last parenthesis; bounded, never throws
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("pod index: annotatedPods follows LISTs and watch events; unannotated pods are not in it", () => {
+  const index = new PodIndex(KEY);
+  const plain = (name: string, uid: string): KubePod => ({
+    metadata: { name, namespace: "ns", uid },
+    status: { phase: "Running" },
+  });
+  const names = () => [...index.annotatedPods()].map((p) => p.name).sort();
+  index.replace([pod("a", UID_A), plain("c", "c-uid")]);
+  assert.deepEqual(names(), ["a"]);
+  index.apply("ADDED", pod("b", UID_B));
+  assert.deepEqual(names(), ["a", "b"]);
+  index.apply("MODIFIED", plain("a", UID_A)); // annotation removed
+  assert.deepEqual(names(), ["b"]);
+  index.apply("MODIFIED", { ...pod("b", UID_B), status: { phase: "Succeeded" } });
+  assert.deepEqual(names(), []);
+  index.apply("MODIFIED", pod("c", "c-uid")); // annotation added
+  assert.deepEqual(names(), ["c"]);
+  index.apply("DELETED", pod("c", "c-uid"));
+  assert.deepEqual(names(), []);
+  assert.equal(index.size, 1);
+});
