@@ -398,16 +398,28 @@ export class ListWatch<T> {
       abort.abort(new DOMException("watch stalled", "TimeoutError"));
     }, timeoutSeconds * 1000 + this.#o.watchGraceMs);
     const idleMs = this.#o.watchIdleMs;
+    // One idle timer, not one per chunk: a chunk only notes its time; when the timer fires after
+    // chunks came, it is armed again for what is left of idleMs after the last one.
     let idleTimer: number | null = null;
-    const armIdle = () => {
-      if (idleMs <= 0) return;
-      if (idleTimer !== null) clock.clearTimeout(idleTimer);
+    let lastChunkAt = started;
+    let chunksSinceArmed = 0;
+    const armIdle = (ms: number) => {
       idleTimer = clock.setTimeout(() => {
-        stalled = `no data for ${idleMs} ms`;
-        abort.abort(new DOMException("watch idle", "TimeoutError"));
-      }, idleMs);
+        idleTimer = null;
+        if (chunksSinceArmed === 0) {
+          stalled = `no data for ${idleMs} ms`;
+          abort.abort(new DOMException("watch idle", "TimeoutError"));
+          return;
+        }
+        chunksSinceArmed = 0;
+        armIdle(Math.max(1, idleMs - (clock.now() - lastChunkAt)));
+      }, ms);
     };
-    armIdle();
+    const onChunk = () => {
+      lastChunkAt = clock.now();
+      chunksSinceArmed++;
+    };
+    if (idleMs > 0) armIdle(idleMs);
     // A watch that stays open this long proves the server healthy: forget earlier failures.
     const healthyTimer = clock.setTimeout(() => {
       this.#failures = 0;
@@ -415,10 +427,10 @@ export class ListWatch<T> {
     }, this.#o.healthyResetMs);
     let events = 0;
     try {
-      // Every chunk re-arms the idle timer, also while an oversized line is being skipped.
+      // Every chunk counts as data for the idle timer, also while an oversized line is skipped.
       const lines = boundedLines(stream, this.#o.maxObjectBytes, {
         signal: abort.signal,
-        onChunk: armIdle,
+        onChunk,
       });
       for await (const item of lines) {
         events++;
