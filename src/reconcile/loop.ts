@@ -33,6 +33,9 @@ import {
 import type { BudgetSource, EffectiveBudget } from "../sources/budget_annotation.ts";
 import { restoreAll } from "./restore.ts";
 
+/** Logger of this module (logtape keeps one per category; configuration applies later too). */
+const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+
 /** A GPU whose wanted limit is not in place (for readiness). */
 export interface Unenforced {
   uuid: string;
@@ -139,7 +142,7 @@ export class ReconcileLoop {
       coalesceJournalMs: JOURNAL_GROUP_COMMIT_MS,
     });
     this.#printPlan = options.printPlan ?? ((lines) => {
-      const log = getLogger(["gpu-power-agent", "reconcile"]);
+      const log = reconcileLog;
       for (const line of lines) log.info("dry run: {line}", { line });
     });
   }
@@ -263,7 +266,7 @@ export class ReconcileLoop {
     try {
       this.#journal.save();
     } catch (err) {
-      getLogger(["gpu-power-agent", "reconcile"]).error("{message}", {
+      reconcileLog.error("{message}", {
         message: err instanceof Error ? err.message : String(err),
       });
     }
@@ -301,7 +304,7 @@ export class ReconcileLoop {
       const message = `Reconcile pass failed unexpectedly: ${
         err instanceof Error ? err.stack ?? err.message : String(err)
       }`;
-      getLogger(["gpu-power-agent", "reconcile"]).error("{message}", { message });
+      reconcileLog.error("{message}", { message });
       const now = this.#clock.now();
       report = {
         gpus: [],
@@ -340,7 +343,7 @@ export class ReconcileLoop {
           sourceError = `Source ${this.#source.name} failed to compute desired caps: ${
             err instanceof Error ? err.message : String(err)
           }; changing nothing this pass`;
-          getLogger(["gpu-power-agent", "reconcile"]).error("{message}", { message: sourceError });
+          reconcileLog.error("{message}", { message: sourceError });
         }
       }
       this.#lastDesired = desired;
@@ -369,7 +372,7 @@ export class ReconcileLoop {
         try {
           this.#source.report?.(report.gpus);
         } catch (err) {
-          getLogger(["gpu-power-agent", "reconcile"]).error("Source report failed: {error}", {
+          reconcileLog.error("Source report failed: {error}", {
             error: err instanceof Error ? err.message : String(err),
           });
         }
@@ -395,7 +398,7 @@ export class ReconcileLoop {
     try {
       return this.#source.budget?.() ?? NO_BUDGET;
     } catch (err) {
-      getLogger(["gpu-power-agent", "reconcile"]).error(
+      reconcileLog.error(
         "Source {source} failed to give the node power budget: {error}",
         { source: this.#source.name, error: err instanceof Error ? err.message : String(err) },
       );
@@ -405,7 +408,7 @@ export class ReconcileLoop {
 
   /** Budget gauges after every pass; a log line when the budget or over-budget state changes. */
   #reportBudget(report: PassReport, budget: EffectiveBudget): void {
-    const log = getLogger(["gpu-power-agent", "reconcile"]);
+    const log = reconcileLog;
     if (budget.warning !== undefined && budget.warning !== this.#budgetWarning) {
       log.warn("{message}", { message: budget.warning });
     }

@@ -22,6 +22,9 @@ import { Actuator } from "./actuate.ts";
 import { type Observation, observeGpus } from "./observe.ts";
 import { type BudgetReport, emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
 
+/** Logger of this module (logtape keeps one per category; configuration applies later too). */
+const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+
 /** Options of `reconcilePass`. */
 export interface ReconcilePassOptions {
   journal: Journal;
@@ -52,7 +55,7 @@ export function reconcilePass(
   desired: DesiredCaps | null,
   options: ReconcilePassOptions,
 ): PassReport {
-  const logger = getLogger(["gpu-power-agent", "reconcile"]);
+  const logger = reconcileLog;
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;

@@ -39,6 +39,9 @@ import {
 } from "./pod_resources_devices.ts";
 import { type PodResourcesHealth, PodResourcesTracker } from "./pod_resources_tracker.ts";
 
+/** Logger of this module (logtape keeps one per category; configuration applies later too). */
+const kubernetesLog = getLogger(["gpu-power-agent", "kubernetes"]);
+
 /** How pods are mapped to GPUs (`--pod-gpu-mapping`). */
 export type PodGpuMapping = "auto" | "pod-resources" | "processes";
 
@@ -230,7 +233,7 @@ export class KubernetesCapSource implements CapSource {
    */
   async start(onChange: () => void): Promise<void> {
     this.#onChange = onChange;
-    const log = getLogger(["gpu-power-agent", "kubernetes"]);
+    const log = kubernetesLog;
     log.info(
       "Kubernetes source: watching pods on node {node}{scope} via {server}, annotation {key}",
       {
@@ -251,7 +254,7 @@ export class KubernetesCapSource implements CapSource {
     if (!this.#informer.synced) return null;
     // Without a first answer from the kubelet nothing is known about allocations: change nothing.
     if (this.#mapping === "pod-resources" && !this.#tracker?.health().synced) return null;
-    const log = getLogger(["gpu-power-agent", "kubernetes"]);
+    const log = kubernetesLog;
     try {
       let byGpu = new Map<string, PodRecord[]>();
       if (this.needsPids) {
@@ -402,7 +405,7 @@ export class KubernetesCapSource implements CapSource {
     if (after === undefined) this.#lastKind.delete(view.uuid);
     else this.#lastKind.set(view.uuid, after);
     if (after === "safe-default") {
-      getLogger(["gpu-power-agent", "kubernetes"]).warn(
+      kubernetesLog.warn(
         "GPU {index} ({uuid}): {reason}",
         { index: view.index, uuid: view.uuid, reason: cap!.reason },
       );
@@ -463,7 +466,7 @@ export class KubernetesCapSource implements CapSource {
   }
 
   async #startPodResources(): Promise<void> {
-    const log = getLogger(["gpu-power-agent", "kubernetes"]);
+    const log = kubernetesLog;
     const o = this.#o.podResources ?? {};
     let client = o.client;
     if (!client) {
@@ -533,7 +536,7 @@ export class KubernetesCapSource implements CapSource {
     // A device of an unreadable GPU's MIG devices is not "unknown": warn only on full knowledge.
     if (migKnown) {
       for (const device of this.#unknownDevices.fresh(unknown)) {
-        getLogger(["gpu-power-agent", "kubernetes"]).warn(
+        kubernetesLog.warn(
           "Pod {pod} was allocated {resource} device {device}, which is none of the GPUs the " +
             "agent manages on this node (nor one of their MIG devices); nothing is applied for " +
             "it. The device plugin must report GPU or MIG UUIDs (DEVICE_ID_STRATEGY=uuid)",
@@ -571,7 +574,7 @@ export class KubernetesCapSource implements CapSource {
     if (this.#invalidLogged.get(pod.uid) === pod.annotationValue) return;
     this.#invalidLogged.set(pod.uid, pod.annotationValue ?? "");
     this.#o.telemetry.invalidRequest(pod.annotation.reason);
-    getLogger(["gpu-power-agent", "kubernetes"]).warn(
+    kubernetesLog.warn(
       "Pod {pod}: invalid {key} annotation {value}: {message}; its GPUs get the safe default",
       {
         pod: `${pod.namespace}/${pod.name}`,
@@ -587,7 +590,7 @@ export class KubernetesCapSource implements CapSource {
     try {
       this.#onChange();
     } catch (error) {
-      getLogger(["gpu-power-agent", "kubernetes"]).error("onChange failed: {error}", {
+      kubernetesLog.error("onChange failed: {error}", {
         error: (error as Error).message,
       });
     }
