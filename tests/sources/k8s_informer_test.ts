@@ -94,44 +94,30 @@ Deno.test("informer: events reach handlers in order; RV tracked; watch asks book
 });
 
 Deno.test("informer: a watch that sent data when the idle timer fires is kept; it is reopened once data stops", async () => {
-  const server = await startFakeApiServer();
-  const dir = await Deno.makeTempDir();
   const clock = new ManualClock();
-  const client = await loadKubeClient({ kubeconfigPath: await server.writeKubeconfig(dir) });
-  let events = 0;
-  const informer = new PodInformer(client, {
-    nodeName: "node-a",
-    telemetry: recordingTelemetry(),
+  await using f = await informerFixture({
     clock,
     random: () => 0,
     backoff: { initialMs: 10, maxMs: 10 },
     watchIdleMs: 1234,
     watchTimeoutSeconds: 300,
-    handlers: { replace() {}, event: () => events++ },
   });
-  try {
-    await informer.start();
-    await waitFor(() => clock.pending().includes(1234), "idle timer armed");
-    const armed = clock.delays.length;
-    for (let i = 0; i < 5; i++) {
-      server.addPod({ name: `p${i}`, namespace: "ns", nodeName: "node-a" });
-    }
-    await waitFor(() => events === 5, "five watch events");
-    assert.equal(clock.delays.length, armed, "no timer armed per chunk");
-    // Data came since the timer was armed: armed again (for what is left), the watch stays.
-    clock.fire(1234);
-    assert.ok(clock.pending().includes(1234));
-    assert.equal(server.counters.watches, 1);
-    assert.equal(informer.health().problem ?? null, null);
-    // Nothing since: the watch is idle.
-    clock.fire(1234);
-    await waitFor(() => /no data for 1234 ms/.test(informer.health().problem ?? ""), "idle");
-  } finally {
-    await informer.stop();
-    client.close();
-    await server.close();
-    await Deno.remove(dir, { recursive: true });
+  await f.informer.start();
+  await waitFor(() => clock.pending().includes(1234), "idle timer armed");
+  const armed = clock.delays.length;
+  for (let i = 0; i < 5; i++) {
+    f.server.addPod({ name: `p${i}`, namespace: "ns", nodeName: "node-a" });
   }
+  await waitFor(() => f.seen.filter((s) => s.startsWith("ADDED:")).length === 5, "5 events");
+  assert.equal(clock.delays.length, armed, "no timer armed per chunk");
+  // Data came since the timer was armed: armed again (for what is left), the watch stays.
+  clock.fire(1234);
+  assert.ok(clock.pending().includes(1234));
+  assert.equal(f.server.counters.watches, 1);
+  assert.equal(f.informer.health().problem ?? null, null);
+  // Nothing since: the watch is idle.
+  clock.fire(1234);
+  await waitFor(() => /no data for 1234 ms/.test(f.informer.health().problem ?? ""), "idle");
 });
 
 Deno.test("informer: a watch that sends nothing for watchIdleMs is reopened", async () => {
