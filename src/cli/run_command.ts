@@ -2,6 +2,7 @@
  * `run`: wire a caps source, NVML, the journal, the reconcile loop, metrics and signals together,
  * and keep the GPUs where the source wants them until SIGTERM/SIGINT, then restore baselines.
  */
+import { collectGarbage } from "../permissions/runtime.ts";
 import { getLogger } from "@logtape/logtape";
 import type { CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
@@ -198,6 +199,8 @@ async function runLocked(ctx: CommandContext, signals: RunSignals): Promise<numb
     clock: systemClock,
     intervalMs: o.interval * 1000,
     restoreTo: o.restoreTo,
+    // Give back what a burst of changes grew (see AGENT_V8_FLAGS: --expose-gc).
+    afterBurst: { afterMs: 5000, minPasses: 10, run: collectGarbage },
     // The dry-run plan goes to stdout: the same text `check` prints.
     printPlan: (lines) => {
       ctx.io.out(`dry run: plan at ${new Date().toISOString()} (nothing is changed):`);

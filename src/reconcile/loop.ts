@@ -82,6 +82,12 @@ export interface ReconcileLoopOptions {
   backoff?: BackoffPolicy;
   /** Where the plan is printed in dry run (a read-only journal; default: the log). */
   printPlan?: (lines: string[]) => void;
+  /**
+   * Called once the loop has run no pass for `afterMs` after a burst of at least `minPasses`
+   * passes (the agent returns what the burst grew: a full V8 collection). A quiet node calls it at
+   * most once every `minPasses` intervals.
+   */
+  afterBurst?: { afterMs: number; minPasses: number; run: () => void };
 }
 
 /** Options of `ReconcileLoop.stop`. */
@@ -108,6 +114,9 @@ export class ReconcileLoop {
   #triggerTimer: number | null = null;
   #intervalTimer: number | null = null;
   #journalTimer: number | null = null;
+  #burstTimer: number | null = null;
+  #burstPasses = 0;
+  #afterBurst: ReconcileLoopOptions["afterBurst"];
   #passCount = 0;
   #lastSuccessMs: number | null = null;
   #lastReport: PassReport | null = null;
@@ -134,6 +143,7 @@ export class ReconcileLoop {
     this.#clock = options.clock ?? systemClock;
     this.#intervalMs = options.intervalMs;
     this.#restoreTo = options.restoreTo ?? "baseline";
+    this.#afterBurst = options.afterBurst;
     this.#actuator = new Actuator(gpu, {
       journal: this.#journal,
       telemetry: this.#telemetry,
@@ -229,6 +239,8 @@ export class ReconcileLoop {
     this.#pending = false;
     this.#clearTimer("trigger");
     this.#clearTimer("interval");
+    if (this.#burstTimer !== null) this.#clock.clearTimeout(this.#burstTimer);
+    this.#burstTimer = null;
     this.#flushJournal();
     // A dry run (read-only journal) changed nothing: nothing to restore.
     if (!options.restore || this.#journal.readOnly) return Promise.resolve(null);
@@ -247,6 +259,26 @@ export class ReconcileLoop {
       this.#triggerTimer = null;
       if (!this.#stopped) this.#tick();
     }, 0);
+  }
+
+  /** After a pass: `afterBurst` runs once no pass came for its `afterMs`, after enough passes. */
+  #armAfterBurst(): void {
+    const after = this.#afterBurst;
+    if (after === undefined || this.#stopped) return;
+    this.#burstPasses++;
+    if (this.#burstTimer !== null) this.#clock.clearTimeout(this.#burstTimer);
+    this.#burstTimer = this.#clock.setTimeout(() => {
+      this.#burstTimer = null;
+      if (this.#burstPasses < after.minPasses) return;
+      this.#burstPasses = 0;
+      try {
+        after.run();
+      } catch (err) {
+        reconcileLog.warn("After a burst of passes: {error}", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+    }, after.afterMs);
   }
 
   /** After a pass: a journal write the pass left waiting happens within the group commit time. */
@@ -382,6 +414,7 @@ export class ReconcileLoop {
     }
     this.#passCount++;
     this.#armJournalFlush();
+    this.#armAfterBurst();
     this.#lastReport = report;
     const endMs = this.#clock.now();
     if (report.ok) this.#lastSuccessMs = endMs;

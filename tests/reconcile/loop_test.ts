@@ -132,6 +132,27 @@ Deno.test("group commit: a burst of changes writes the journal once a second; st
   assert.deepEqual(t.clock.delays(), [], "no timer left");
 });
 
+Deno.test("afterBurst: runs once the loop is idle after a burst of passes; a few passes do not", () => {
+  let runs = 0;
+  using t = setup({ afterBurst: { afterMs: 5000, minPasses: 10, run: () => runs++ } });
+  t.loop.start();
+  t.clock.advance(6000);
+  assert.equal(runs, 0, "one pass is no burst");
+  for (let i = 1; i <= 12; i++) {
+    t.source.caps = caps([U0, 250 + i]);
+    t.loop.trigger();
+    t.clock.advance(100);
+  }
+  t.clock.advance(4899);
+  assert.equal(runs, 0, "not before afterMs without a pass");
+  t.clock.advance(1);
+  assert.equal(runs, 1);
+  t.clock.advance(60_000); // two interval passes: not a burst
+  assert.equal(runs, 1);
+  t.loop.stop();
+  assert.deepEqual(t.clock.delays(), [], "stop clears the timer");
+});
+
 Deno.test("interval: drift corrected without a trigger; timer re-armed after each pass", () => {
   using t = setup();
   t.loop.start();
