@@ -2,7 +2,6 @@
  * `run`: wire a caps source, NVML, the journal, the reconcile loop, metrics and signals together,
  * and keep the GPUs where the source wants them until SIGTERM/SIGINT, then restore baselines.
  */
-import { collectGarbage } from "../permissions/runtime.ts";
 import { getLogger } from "@logtape/logtape";
 import type { CommandContext } from "./context.ts";
 import { EXIT } from "./context.ts";
@@ -20,6 +19,7 @@ import { ReconcileLoop } from "../reconcile/loop.ts";
 import { collectGpuStatus } from "../reconcile/gpu_status.ts";
 import { noopTelemetry, type Telemetry } from "../metrics/telemetry.ts";
 import { systemClock } from "../clock.ts";
+import { collectGarbage } from "../permissions/runtime.ts";
 import { readiness, sourceStalenessSeconds } from "./readiness.ts";
 import { readCapsFile } from "../sources/caps_file.ts";
 import { parseGpuResourceNames } from "../sources/pod_resources_devices.ts";

@@ -26,7 +26,7 @@ import { countNvmlError, unsupportedMessage } from "./observe.ts";
 import { formatWatts, type GpuOutcome, outcomeOf, reasonWithClamp } from "./report.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+const log = getLogger(["gpu-power-agent", "reconcile"]);
 
 /** Per-GPU retry backoff: first retry after `initialMs`, doubling up to `maxMs`. */
 export interface BackoffPolicy {
@@ -102,7 +102,6 @@ export class Actuator {
 
   /** Carry out `plan`. Never throws: failures are in the outcomes. */
   execute(plan: PassPlan, options: ExecuteOptions): ActuateResult {
-    const log = reconcileLog;
     const journal = this.#journal;
     const result: ActuateResult = { outcomes: [], writes: 0 };
     if (plan.error !== undefined) return result;
@@ -216,7 +215,7 @@ export class Actuator {
     }
     if (p.intent === "restore" && entry) {
       this.#journal.remove(p.uuid);
-      reconcileLog.info(
+      log.info(
         "GPU {index} ({uuid}): released, already at {to} ({reason})",
         { index: p.index, uuid: p.uuid, to: formatWatts(p.targetMw), reason: p.reason },
       );
@@ -229,7 +228,6 @@ export class Actuator {
     p: GpuPlan,
     ctx: { recorded: boolean; now: number; options: ExecuteOptions },
   ): { outcome: GpuOutcome; wrote: boolean } {
-    const log = reconcileLog;
     const targetMw = p.targetMw!;
     let after: PowerLimits;
     try {
@@ -326,7 +324,7 @@ export class Actuator {
     };
     this.#failing.set(p.uuid, state);
     if (!sameTarget || before.error !== f.error) {
-      reconcileLog.warn(
+      log.warn(
         "{message} (retrying with backoff up to {max})",
         {
           message: f.error,
@@ -348,7 +346,7 @@ export class Actuator {
 
   #recovered(p: GpuPlan): void {
     if (!this.#failing.delete(p.uuid)) return;
-    reconcileLog.info(
+    log.info(
       "GPU {index} ({uuid}): {state} again",
       {
         index: p.index,
@@ -363,7 +361,7 @@ export class Actuator {
     const error = `Raising GPU ${p.uuid} to ${formatWatts(p.targetMw)} deferred: the node's ` +
       `power limits would exceed the node power budget ${formatWatts(budget.budgetMw)} ` +
       "while another GPU has not been lowered yet; retrying next pass";
-    reconcileLog.warn("{message}", {
+    log.warn("{message}", {
       message: error,
       uuid: p.uuid,
       index: p.index,
@@ -374,7 +372,7 @@ export class Actuator {
   #markUnsupported(p: GpuPlan, message: string): GpuOutcome {
     if (this.#unsupported.get(p.uuid) !== message) {
       this.#unsupported.set(p.uuid, message);
-      reconcileLog.warn("{message}", {
+      log.warn("{message}", {
         message,
         uuid: p.uuid,
         index: p.index,

@@ -34,7 +34,7 @@ import type { BudgetSource, EffectiveBudget } from "../sources/budget_annotation
 import { restoreAll } from "./restore.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+const log = getLogger(["gpu-power-agent", "reconcile"]);
 
 /** A GPU whose wanted limit is not in place (for readiness). */
 export interface Unenforced {
@@ -152,7 +152,6 @@ export class ReconcileLoop {
       coalesceJournalMs: JOURNAL_GROUP_COMMIT_MS,
     });
     this.#printPlan = options.printPlan ?? ((lines) => {
-      const log = reconcileLog;
       for (const line of lines) log.info("dry run: {line}", { line });
     });
   }
@@ -274,7 +273,7 @@ export class ReconcileLoop {
       try {
         after.run();
       } catch (err) {
-        reconcileLog.warn("After a burst of passes: {error}", {
+        log.warn("After a burst of passes: {error}", {
           error: err instanceof Error ? err.message : String(err),
         });
       }
@@ -298,7 +297,7 @@ export class ReconcileLoop {
     try {
       this.#journal.save();
     } catch (err) {
-      reconcileLog.error("{message}", {
+      log.error("{message}", {
         message: err instanceof Error ? err.message : String(err),
       });
     }
@@ -336,7 +335,7 @@ export class ReconcileLoop {
       const message = `Reconcile pass failed unexpectedly: ${
         err instanceof Error ? err.stack ?? err.message : String(err)
       }`;
-      reconcileLog.error("{message}", { message });
+      log.error("{message}", { message });
       const now = this.#clock.now();
       report = {
         gpus: [],
@@ -375,7 +374,7 @@ export class ReconcileLoop {
           sourceError = `Source ${this.#source.name} failed to compute desired caps: ${
             err instanceof Error ? err.message : String(err)
           }; changing nothing this pass`;
-          reconcileLog.error("{message}", { message: sourceError });
+          log.error("{message}", { message: sourceError });
         }
       }
       this.#lastDesired = desired;
@@ -404,7 +403,7 @@ export class ReconcileLoop {
         try {
           this.#source.report?.(report.gpus);
         } catch (err) {
-          reconcileLog.error("Source report failed: {error}", {
+          log.error("Source report failed: {error}", {
             error: err instanceof Error ? err.message : String(err),
           });
         }
@@ -431,7 +430,7 @@ export class ReconcileLoop {
     try {
       return this.#source.budget?.() ?? NO_BUDGET;
     } catch (err) {
-      reconcileLog.error(
+      log.error(
         "Source {source} failed to give the node power budget: {error}",
         { source: this.#source.name, error: err instanceof Error ? err.message : String(err) },
       );
@@ -441,7 +440,6 @@ export class ReconcileLoop {
 
   /** Budget gauges after every pass; a log line when the budget or over-budget state changes. */
   #reportBudget(report: PassReport, budget: EffectiveBudget): void {
-    const log = reconcileLog;
     if (budget.warning !== undefined && budget.warning !== this.#budgetWarning) {
       log.warn("{message}", { message: budget.warning });
     }

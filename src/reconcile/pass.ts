@@ -23,7 +23,7 @@ import { type Observation, observeGpus } from "./observe.ts";
 import { type BudgetReport, emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+const logger = getLogger(["gpu-power-agent", "reconcile"]);
 
 /** Options of `reconcilePass`. */
 export interface ReconcilePassOptions {
@@ -55,7 +55,6 @@ export function reconcilePass(
   desired: DesiredCaps | null,
   options: ReconcilePassOptions,
 ): PassReport {
-  const logger = reconcileLog;
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;

@@ -19,7 +19,7 @@ import { observeGpus } from "./observe.ts";
 import { emptyReport, outcomeOf, type PassReport, summarize } from "./report.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const reconcileLog = getLogger(["gpu-power-agent", "reconcile"]);
+const logger = getLogger(["gpu-power-agent", "reconcile"]);
 
 /** Options of `restoreAll`. */
 export interface RestoreAllOptions {
@@ -37,7 +37,6 @@ export interface RestoreAllOptions {
  * driver keep their entries (listed in `absentUuids`). Never throws: failures are in the report.
  */
 export function restoreAll(gpu: GpuControl, options: RestoreAllOptions): PassReport {
-  const logger = reconcileLog;
   const clock = options.clock ?? systemClock;
   const telemetry = options.telemetry ?? noopTelemetry;
   const journal = options.journal;

@@ -40,7 +40,7 @@ import {
 import { type PodResourcesHealth, PodResourcesTracker } from "./pod_resources_tracker.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const kubernetesLog = getLogger(["gpu-power-agent", "kubernetes"]);
+const log = getLogger(["gpu-power-agent", "kubernetes"]);
 
 /** How pods are mapped to GPUs (`--pod-gpu-mapping`). */
 export type PodGpuMapping = "auto" | "pod-resources" | "processes";
@@ -233,7 +233,6 @@ export class KubernetesCapSource implements CapSource {
    */
   async start(onChange: () => void): Promise<void> {
     this.#onChange = onChange;
-    const log = kubernetesLog;
     log.info(
       "Kubernetes source: watching pods on node {node}{scope} via {server}, annotation {key}",
       {
@@ -254,7 +253,6 @@ export class KubernetesCapSource implements CapSource {
     if (!this.#informer.synced) return null;
     // Without a first answer from the kubelet nothing is known about allocations: change nothing.
     if (this.#mapping === "pod-resources" && !this.#tracker?.health().synced) return null;
-    const log = kubernetesLog;
     try {
       let byGpu = new Map<string, PodRecord[]>();
       if (this.needsPids) {
@@ -405,7 +403,7 @@ export class KubernetesCapSource implements CapSource {
     if (after === undefined) this.#lastKind.delete(view.uuid);
     else this.#lastKind.set(view.uuid, after);
     if (after === "safe-default") {
-      kubernetesLog.warn(
+      log.warn(
         "GPU {index} ({uuid}): {reason}",
         { index: view.index, uuid: view.uuid, reason: cap!.reason },
       );
@@ -466,7 +464,6 @@ export class KubernetesCapSource implements CapSource {
   }
 
   async #startPodResources(): Promise<void> {
-    const log = kubernetesLog;
     const o = this.#o.podResources ?? {};
     let client = o.client;
     if (!client) {
@@ -536,7 +533,7 @@ export class KubernetesCapSource implements CapSource {
     // A device of an unreadable GPU's MIG devices is not "unknown": warn only on full knowledge.
     if (migKnown) {
       for (const device of this.#unknownDevices.fresh(unknown)) {
-        kubernetesLog.warn(
+        log.warn(
           "Pod {pod} was allocated {resource} device {device}, which is none of the GPUs the " +
             "agent manages on this node (nor one of their MIG devices); nothing is applied for " +
             "it. The device plugin must report GPU or MIG UUIDs (DEVICE_ID_STRATEGY=uuid)",
@@ -574,7 +571,7 @@ export class KubernetesCapSource implements CapSource {
     if (this.#invalidLogged.get(pod.uid) === pod.annotationValue) return;
     this.#invalidLogged.set(pod.uid, pod.annotationValue ?? "");
     this.#o.telemetry.invalidRequest(pod.annotation.reason);
-    kubernetesLog.warn(
+    log.warn(
       "Pod {pod}: invalid {key} annotation {value}: {message}; its GPUs get the safe default",
       {
         pod: `${pod.namespace}/${pod.name}`,
@@ -590,7 +587,7 @@ export class KubernetesCapSource implements CapSource {
     try {
       this.#onChange();
     } catch (error) {
-      kubernetesLog.error("onChange failed: {error}", {
+      log.error("onChange failed: {error}", {
         error: (error as Error).message,
       });
     }

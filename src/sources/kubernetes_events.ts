@@ -21,7 +21,7 @@ import type { OutcomeEvent } from "../policy/shared_gpu.ts";
 import type { KubeClient } from "./kubernetes_client.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const kubernetesLog = getLogger(["gpu-power-agent", "kubernetes"]);
+const log = getLogger(["gpu-power-agent", "kubernetes"]);
 
 /** Options of `KubeEventRecorder`. */
 export interface KubeEventRecorderOptions {
@@ -188,7 +188,7 @@ export class KubeEventRecorder {
   #enqueue(event: OutcomeEvent): void {
     if (this.#stopped) return;
     if (this.#pending >= this.#o.maxQueue) {
-      kubernetesLog.debug(
+      log.debug(
         "Kubernetes event queue full; dropping {reason} for pod {pod}",
         { reason: event.reason, pod: `${event.pod.namespace}/${event.pod.name}` },
       );
@@ -229,7 +229,6 @@ export class KubeEventRecorder {
       lastTimestamp: stamp,
       count: 1,
     };
-    const log = kubernetesLog;
     try {
       await this.#client.postJson(
         `/api/v1/namespaces/${encodeURIComponent(event.pod.namespace)}/events`,

@@ -31,7 +31,7 @@ import {
 } from "./kubernetes_stream.ts";
 
 /** Logger of this module (logtape keeps one per category; configuration applies later too). */
-const kubernetesLog = getLogger(["gpu-power-agent", "kubernetes"]);
+const log = getLogger(["gpu-power-agent", "kubernetes"]);
 
 /** Watch event types delivered to handlers. */
 export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED";
@@ -216,7 +216,7 @@ export class ListWatch<T> {
     this.#started = true;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.#loop = this.#run(resolve).catch((error) => {
-      kubernetesLog.error(
+      log.error(
         "Kubernetes {noun} list/watch stopped unexpectedly: {error}",
         { noun: this.#o.noun, error: (error as Error).message },
       );
@@ -272,7 +272,7 @@ export class ListWatch<T> {
           // Our resourceVersion is older than the server keeps: relist (a consistent read the
           // second time in a row, in case the server's cache lags behind).
           this.#o.telemetry.sourceError(this.#o.source, "gone");
-          kubernetesLog.info(
+          log.info(
             "Kubernetes watch expired (410 Gone at resourceVersion {rv}); relisting {noun}s",
             { rv: this.#rv, noun: this.#o.noun },
           );
@@ -301,7 +301,7 @@ export class ListWatch<T> {
   #poison(end: { identity: string; bytes: number }): void {
     this.#stats.oversized++;
     this.#o.telemetry.sourceError(this.#o.source, "oversized");
-    kubernetesLog.warn(
+    log.warn(
       "Kubernetes watch event for {object} is {bytes} bytes, over the {limit}-byte limit: " +
         "skipped, relisting {noun}s (a {noun} that large is ignored until it shrinks)",
       { object: end.identity, bytes: end.bytes, limit: this.#o.maxObjectBytes, noun: this.#o.noun },
@@ -358,7 +358,7 @@ export class ListWatch<T> {
     for (const identity of skipped) {
       this.#stats.oversized++;
       this.#o.telemetry.sourceError(this.#o.source, "oversized");
-      kubernetesLog.warn(
+      log.warn(
         "Kubernetes {noun} {object} is over the {limit}-byte limit: ignored until it shrinks",
         { noun: this.#o.noun, object: identity, limit: this.#o.maxObjectBytes },
       );
@@ -506,7 +506,7 @@ export class ListWatch<T> {
     try {
       call();
     } catch (error) {
-      kubernetesLog.error(
+      log.error(
         "Handling a {noun} update failed: {error}",
         { noun: this.#o.noun, error: (error as Error).stack ?? String(error) },
       );
@@ -516,7 +516,7 @@ export class ListWatch<T> {
   #succeeded(): void {
     this.#lastSuccessMs = this.#o.clock.now();
     if (this.#problem !== undefined) {
-      kubernetesLog.info(
+      log.info(
         "Kubernetes {noun}s readable again ({server})",
         { noun: this.#o.noun, server: this.#client.server },
       );
@@ -532,7 +532,6 @@ export class ListWatch<T> {
     const message = this.#o.describeError?.(error) ?? (error as Error).message ?? String(error);
     this.#problem = `${this.#o.problemPrefix ?? ""}${op} failed: ${message}`;
     this.#o.telemetry.sourceError(this.#o.source, reasonOf(error, op));
-    const log = kubernetesLog;
     const props = { noun: this.#o.noun, op, error: message, failures: this.#failures };
     if (this.#lastLogged !== message) {
       this.#lastLogged = message;
